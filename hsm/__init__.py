@@ -1,0 +1,30 @@
+"""hsm: the key store over PKCS#11 (python-pkcs11) and TPM 2.0 sealing (tpm2-pytss).
+
+Every private-key and master-key operation in csm goes through this package. It knows
+nothing of Flask or SQL.
+"""
+from __future__ import annotations
+
+from .errors import (
+    DecryptionFailed,
+    DuplicateLabel,
+    HsmError,
+    InvalidKeyMaterial,
+    KeyNotFound,
+    MechanismUnsupported,
+    PolicyMismatch,
+    SealError,
+    TokenNotInitialized,
+    TokenUnavailable,
+    TpmUnavailable,
+    WrongKeyType,
+    WrongPin,
+)
+from .types import HashAlg, KeyInfo, KeyType, SignatureScheme, TokenConfig
+
+__all__ = [
+    "DecryptionFailed", "DuplicateLabel", "HashAlg", "HsmError", "InvalidKeyMaterial", "KeyInfo",
+    "KeyNotFound", "KeyType", "MechanismUnsupported", "PolicyMismatch", "SealError",
+    "SignatureScheme", "TokenConfig", "TokenNotInitialized", "TokenUnavailable", "TpmUnavailable",
+    "WrongKeyType", "WrongPin",
+]
