@@ -1,0 +1,45 @@
+"""The audit log table (append-only, hash-chained) and its chain head."""
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..db import Base
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(1024))
+    outcome: Mapped[str] = mapped_column(String(32))
+    status: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str] = mapped_column(String(64))
+    remote: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[bytes] = mapped_column(LargeBinary)
+    mac_key: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """One row (id=1) holding the chain head; appenders lock it (FOR UPDATE / BEGIN IMMEDIATE)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class MetaRow(Base):
+    """Instance-wide key/value facts (instance id, init time, key labels in use)."""
+
+    __tablename__ = "csm_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

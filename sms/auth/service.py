@@ -1,0 +1,281 @@
+"""Token and policy management (no Flask here: collaborators come in as arguments).
+
+Tokens are ``csm.`` + 43 base64url characters (256 random bits). Only the SHA-256 of a token
+is stored; a token is addressed for management by its *accessor*, a separate random id that
+grants nothing by itself.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..db import transaction
+from ..errors import BadRequest, Conflict, NotFound, PermissionDenied, Unauthenticated
+from .models import PolicyRow, TokenRow
+from .policy import ROOT_POLICY, Capability, InvalidPolicy, Policy, allowed, parse_policy
+
+TOKEN_PREFIX = "csm."
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about a token (never the token itself)."""
+
+    accessor: str
+    display_name: str
+    policies: tuple[str, ...]
+    is_root: bool
+    created_at: int
+    expires_at: int
+    max_expires_at: int
+    ttl: int
+    renewable: bool
+    revoked: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "accessor": self.accessor,
+            "display_name": self.display_name,
+            "policies": list(self.policies),
+            "root": self.is_root,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "max_expires_at": self.max_expires_at,
+            "ttl": self.ttl,
+            "renewable": self.renewable,
+            "revoked": self.revoked,
+        }
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: a token holder or a client-certificate subject, with their policies."""
+
+    kind: str  # "token" | "cert" | "anonymous"
+    name: str  # accessor or certificate subject; safe to log
+    policies: tuple[Policy, ...] = ()
+    is_root: bool = False
+    token: TokenInfo | None = field(default=None, repr=False)
+
+    def can(self, path: str, capability: Capability) -> bool:
+        return allowed(self.policies, path, capability, root=self.is_root)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def _info(row: TokenRow) -> TokenInfo:
+    return TokenInfo(
+        accessor=row.accessor,
+        display_name=row.display_name,
+        policies=tuple(json.loads(row.policies)),
+        is_root=row.is_root,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        max_expires_at=row.max_expires_at,
+        ttl=row.ttl,
+        renewable=row.renewable,
+        revoked=row.revoked_at is not None,
+    )
+
+
+class AuthService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        default_ttl: int,
+        max_ttl: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sessions = sessions
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    # ---- tokens ---------------------------------------------------------------------
+    def create_token(
+        self,
+        *,
+        policies: Sequence[str] = (),
+        ttl: int | None = None,
+        max_ttl: int | None = None,
+        display_name: str = "",
+        renewable: bool = True,
+        root: bool = False,
+        parent: Identity | None = None,
+    ) -> tuple[str, TokenInfo]:
+        """Create a token; returns (the token — shown once —, its info)."""
+        ttl = self.default_ttl if ttl is None else ttl
+        max_ttl = self.max_ttl if max_ttl is None else max_ttl
+        if not isinstance(ttl, int) or ttl < 1 or ttl > self.max_ttl:
+            raise BadRequest(f"ttl must be between 1 and {self.max_ttl} seconds")
+        if not isinstance(max_ttl, int) or max_ttl < ttl or max_ttl > self.max_ttl:
+            raise BadRequest(f"max_ttl must be between ttl and {self.max_ttl} seconds")
+        if len(display_name) > 128:
+            raise BadRequest("display_name is at most 128 characters")
+        names = tuple(dict.fromkeys(policies))
+        if ROOT_POLICY in names and not root:
+            raise BadRequest("the root policy cannot be attached; create a root token with `csm init`")
+        if parent is not None and not parent.is_root:
+            # A caller can only hand out policies it holds itself.
+            held = {p.name for p in parent.policies}
+            missing = sorted(set(names) - held)
+            if missing:
+                raise PermissionDenied(f"cannot grant policies the caller does not hold: {', '.join(missing)}")
+        token = new_token()
+        now = self._now()
+        row = TokenRow(
+            accessor=secrets.token_hex(12),
+            token_hash=hash_token(token),
+            display_name=display_name,
+            policies=json.dumps(list(names)),
+            is_root=root,
+            parent=parent.name if parent and parent.kind == "token" else None,
+            created_at=now,
+            expires_at=now + ttl,
+            max_expires_at=now + max_ttl,
+            ttl=ttl,
+            renewable=renewable,
+            revoked_at=None,
+        )
+        with transaction(self._sessions) as s:
+            if names:
+                known = set(s.scalars(select(PolicyRow.name).where(PolicyRow.name.in_(names))))
+                unknown = sorted(set(names) - known)
+                if unknown:
+                    raise BadRequest(f"unknown policies: {', '.join(unknown)}")
+            s.add(row)
+        return token, _info(row)
+
+    def authenticate(self, token: str) -> Identity:
+        """Resolve a presented token; Unauthenticated for unknown, expired or revoked tokens."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            raise Unauthenticated("the token is not valid")
+        digest = hash_token(token)
+        with transaction(self._sessions, write=False) as s:
+            row = s.scalar(select(TokenRow).where(TokenRow.token_hash == digest))
+            if row is None or not hmac.compare_digest(row.token_hash, digest):
+                raise Unauthenticated("the token is not valid")
+            if row.revoked_at is not None or row.expires_at <= self._now():
+                raise Unauthenticated("the token has expired or was revoked")
+            info = _info(row)
+            policies = self._load_policies(s, info.policies)
+        return Identity("token", info.accessor, policies, info.is_root, info)
+
+    def _load_policies(self, s: Session, names: Sequence[str]) -> tuple[Policy, ...]:
+        if not names:
+            return ()
+        rows = s.scalars(select(PolicyRow).where(PolicyRow.name.in_(list(names))))
+        return tuple(parse_policy(r.name, json.loads(r.rules)) for r in rows)
+
+    def policies_by_name(self, names: Sequence[str]) -> tuple[Policy, ...]:
+        with transaction(self._sessions, write=False) as s:
+            return self._load_policies(s, names)
+
+    def lookup(self, accessor: str) -> TokenInfo:
+        with transaction(self._sessions, write=False) as s:
+            row = s.get(TokenRow, accessor)
+            if row is None:
+                raise NotFound("no token with this accessor")
+            return _info(row)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        with transaction(self._sessions, write=False) as s:
+            return [_info(r) for r in s.scalars(select(TokenRow).order_by(TokenRow.created_at))]
+
+    def renew(self, accessor: str, increment: int | None = None) -> TokenInfo:
+        now = self._now()
+        with transaction(self._sessions) as s:
+            row = s.get(TokenRow, accessor)
+            if row is None:
+                raise NotFound("no token with this accessor")
+            if row.revoked_at is not None or row.expires_at <= now:
+                raise Conflict("the token has expired or was revoked and cannot be renewed")
+            if not row.renewable:
+                raise Conflict("the token is not renewable")
+            inc = row.ttl if increment is None else increment
+            if not isinstance(inc, int) or inc < 1:
+                raise BadRequest("increment must be a positive number of seconds")
+            row.expires_at = min(now + inc, row.max_expires_at)
+            return _info(row)
+
+    def revoke(self, accessor: str) -> TokenInfo:
+        """Revoke a token and, recursively, the tokens it created."""
+        now = self._now()
+        with transaction(self._sessions) as s:
+            row = s.get(TokenRow, accessor)
+            if row is None:
+                raise NotFound("no token with this accessor")
+            pending = [row]
+            while pending:
+                r = pending.pop()
+                if r.revoked_at is None:
+                    r.revoked_at = now
+                pending.extend(s.scalars(select(TokenRow).where(TokenRow.parent == r.accessor)))
+            return _info(row)
+
+    def has_root_token(self) -> bool:
+        with transaction(self._sessions, write=False) as s:
+            return s.scalar(select(TokenRow.accessor).where(TokenRow.is_root.is_(True)).limit(1)) is not None
+
+    # ---- policies -------------------------------------------------------------------
+    def write_policy(self, name: str, rules: object) -> Policy:
+        try:
+            policy = parse_policy(name, rules)
+        except InvalidPolicy as exc:
+            raise BadRequest(str(exc)) from None
+        now = self._now()
+        doc = json.dumps(policy.to_document()["rules"])
+        with transaction(self._sessions) as s:
+            row = s.get(PolicyRow, name)
+            if row is None:
+                s.add(PolicyRow(name=name, rules=doc, created_at=now, updated_at=now, version=1))
+            else:
+                row.rules, row.updated_at, row.version = doc, now, row.version + 1
+        return policy
+
+    def read_policy(self, name: str) -> dict[str, object]:
+        with transaction(self._sessions, write=False) as s:
+            row = s.get(PolicyRow, name)
+            if row is None:
+                raise NotFound(f"no policy named {name!r}")
+            return {
+                "name": row.name,
+                "rules": json.loads(row.rules),
+                "version": row.version,
+                "created_at": row.created_at,
+                "updated_at": row.updated_at,
+            }
+
+    def list_policies(self) -> list[str]:
+        with transaction(self._sessions, write=False) as s:
+            return list(s.scalars(select(PolicyRow.name).order_by(PolicyRow.name)))
+
+    def delete_policy(self, name: str) -> None:
+        with transaction(self._sessions) as s:
+            row = s.get(PolicyRow, name)
+            if row is None:
+                raise NotFound(f"no policy named {name!r}")
+            s.delete(row)

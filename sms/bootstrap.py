@@ -1,0 +1,104 @@
+"""`csm init`: everything a first start needs, idempotently.
+
+1. the data directory (0700);
+2. for SoftHSMv2 (the embedded default): a token under ``<data_dir>/softhsm`` whose user PIN is
+   sealed to the TPM when one is available, otherwise kept in a 0600 file (reported loudly);
+3. the database schema (Alembic);
+4. the service's own keys in the token (audit MAC key, bootstrap CA key);
+5. the root token, written once to ``<data_dir>/root-token`` (0600);
+6. the TLS server certificate.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsm import KeyType
+from hsm.softhsm import DEFAULT_MODULE, init_token, token_exists, write_softhsm_conf
+
+from . import db
+from .config import Settings
+from .runtime import AUDIT_MAC_KEY, Services, build_services, prepare_module_env
+from .tls import ensure_server_cert
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class InitResult:
+    data_dir: Path
+    root_token_file: Path | None  # set when a root token was created by this run
+    pin_protection: str
+    created_token: bool
+
+
+def _write_secret_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def _detect_tcti(settings: Settings) -> str | None:
+    if settings.hsm_tpm_tcti:
+        return settings.hsm_tpm_tcti
+    if os.path.exists("/dev/tpmrm0") and os.access("/dev/tpmrm0", os.R_OK | os.W_OK):
+        return "device:/dev/tpmrm0"
+    return None
+
+
+def ensure_token(settings: Settings, progress: Progress) -> tuple[str, bool]:
+    """Create the embedded SoftHSM token if needed; returns (PIN protection description, created)."""
+    from hsm.pin import provision_pin
+
+    recorded = settings.data_path / "hsm" / "pin-source"
+    if settings.hsm_module != DEFAULT_MODULE:
+        if not (settings.hsm_pin_source or recorded.exists()):
+            raise SystemExit("an external PKCS#11 module needs --hsm-pin-source (tpm:…, env:VAR or file:PATH)")
+        return "configured PIN source", False
+    conf = write_softhsm_conf(settings.softhsm_conf.parent)
+    os.environ.setdefault("SOFTHSM2_CONF", str(conf))
+    conf = Path(os.environ["SOFTHSM2_CONF"])
+    if token_exists(conf, settings.hsm_token_label):
+        return (recorded.read_text().strip().split(":", 1)[0] if recorded.exists() else "configured"), False
+    tcti = _detect_tcti(settings)
+    progress(f"creating SoftHSM token {settings.hsm_token_label!r} in {conf.parent}"
+             + (f", sealing its PIN to the TPM at {tcti}" if tcti else ""))
+    source, description = provision_pin(settings.data_path / "hsm", tcti, None)
+    so_pin = secrets.token_urlsafe(24)  # never stored: the SO role is not used by csm
+    init_token(conf, settings.hsm_token_label, so_pin, source.get_pin())
+    recorded.write_text(source.spec() + "\n")
+    recorded.chmod(0o600)
+    return description, True
+
+
+def run_init(settings: Settings, progress: Progress = lambda _m: None) -> tuple[InitResult, Services]:
+    data = settings.data_path
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data, 0o700)
+    protection, created = ensure_token(settings, progress)
+    prepare_module_env(settings)
+    svc = build_services(settings)
+    progress("applying database migrations")
+    db.migrate(svc.engine)
+    ks = svc.keystore.get()
+    if not ks.exists(AUDIT_MAC_KEY):
+        progress("generating the audit MAC key in the token")
+        ks.generate(AUDIT_MAC_KEY, KeyType.AES_256)
+    root_file: Path | None = None
+    if not svc.auth.has_root_token():
+        token, _info = svc.auth.create_token(root=True, ttl=settings.token_max_ttl, max_ttl=settings.token_max_ttl,
+                                             display_name="root", renewable=True)
+        if settings.root_token_path.exists():
+            settings.root_token_path.unlink()
+        _write_secret_file(settings.root_token_path, token)
+        root_file = settings.root_token_path
+        progress(f"root token written to {root_file} (mode 0600)")
+    if not settings.plain_http:
+        files = ensure_server_cert(settings, ks)
+        if files.reissued:
+            progress(f"TLS server certificate issued, valid until {files.not_after:%Y-%m-%d %H:%M} UTC")
+    return InitResult(data, root_file, protection, created), svc

@@ -1,0 +1,204 @@
+"""Configuration: CLI flags over ``CSM_*`` environment variables over a config file over defaults.
+
+Every setting is declared once in :data:`SETTINGS` (name, type, default, help); the CLI,
+the environment reader, the config-file reader and the README table all derive from it.
+The config file is TOML (``--config`` / ``CSM_CONFIG``, default ``<data_dir>/csm.toml`` if it
+exists) with the same keys as the settings names.
+
+No setting holds a PIN or token: those come from a PIN source (``hsm_pin_source``) and the
+token files, and :class:`Settings` has no field that could leak one into a repr.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "CSM_"
+
+
+def _s(default: Any, help: str, *, kind: type = str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = _s("./csm-data", "Directory for the database, SoftHSM token, TLS files and root token.")
+    database_url: str = _s("", "SQLAlchemy URL; empty = SQLite at <data_dir>/csm.db. PostgreSQL: postgresql+psycopg://user@host/db")
+    host: str = _s("127.0.0.1", "Address to listen on.")
+    port: int = _s(8443, "Port to listen on.", kind=int)
+    plain_http: bool = _s(False, "Serve plain HTTP instead of HTTPS (allowed only on a loopback address).", kind=bool)
+    tls_cert: str = _s("", "Server certificate (PEM); empty = <data_dir>/tls/server.crt, issued at start-up.")
+    tls_key: str = _s("", "Server private key (PEM, mode 0600); empty = <data_dir>/tls/server.key.")
+    tls_client_ca: str = _s("", "PEM bundle of trust anchors for client certificates; enables client-certificate requests.")
+    tls_client_required: bool = _s(False, "Refuse TLS connections without a valid client certificate.", kind=bool)
+    tls_cert_days: int = _s(7, "Lifetime of the bootstrap TLS server certificate, in days (re-issued when 1/3 is left).", kind=int)
+    hsm_module: str = _s("/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module path (SoftHSMv2, tpm2-pkcs11 or a vendor module).")
+    hsm_token_label: str = _s("csm", "Label of the PKCS#11 token.")
+    hsm_pin_source: str = _s("", "Where the token user PIN comes from: tpm:<blob>@<tcti>, env:VAR or file:PATH; empty = what `csm init` provisioned.")
+    hsm_tpm_tcti: str = _s("", "TCTI of a TPM 2.0 used to seal the PIN at init (e.g. device:/dev/tpmrm0); empty = auto-detect /dev/tpmrm0.")
+    hsm_lock: str = _s("os", "PKCS#11 locking: 'os' (module locking, one session per thread) or 'global' (one process-wide lock).", choices=("os", "global"))
+    server: str = _s("granian", "WSGI server: granian (fastest) or gunicorn (needed for client-certificate identities).", choices=("granian", "gunicorn"))
+    workers: int = _s(2, "Worker processes (each opens its own PKCS#11 session after the fork).", kind=int)
+    threads: int = _s(8, "Threads per worker.", kind=int)
+    max_body_bytes: int = _s(1048576, "Largest accepted request body, in bytes.", kind=int)
+    token_ttl: int = _s(3600, "Default TTL of new tokens, in seconds.", kind=int)
+    token_max_ttl: int = _s(86400 * 32, "Maximum lifetime of a token including renewals, in seconds.", kind=int)
+    log_level: str = _s("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    onap_compat_errors: bool = _s(True, "ONAP SMS routes answer 500 where ONAP's clients expect it (instead of 404/409).", kind=bool)
+
+    # ---- derived paths -------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'csm.db'}"
+
+    @property
+    def softhsm_conf(self) -> Path:
+        return self.data_path / "softhsm" / "softhsm2.conf"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_path / "tls"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return Path(self.tls_cert) if self.tls_cert else self.tls_dir / "server.crt"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return Path(self.tls_key) if self.tls_key else self.tls_dir / "server.key"
+
+    @property
+    def root_token_path(self) -> Path:
+        return self.data_path / "root-token"
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.plain_http else "https"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        return cls(**json.loads(text))
+
+
+SETTINGS = [f for f in fields(Settings)]
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _coerce(name: str, kind: type, value: Any, source: str) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(value)
+        return str(value)
+    except ValueError:
+        raise ConfigError(f"{source}: {name} must be a {kind.__name__}") from None
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merge the four layers. ``cli`` holds only flags the user actually gave (None = not given)."""
+    env = os.environ if env is None else env
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    by_name = {f.name: f for f in SETTINGS}
+    values: dict[str, Any] = {}
+
+    # data_dir decides where the default config file lives, so resolve it first.
+    data_dir = cli.get("data_dir") or env.get(env_name("data_dir")) or Settings.data_dir
+    path = config_file or cli.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    if path is None:
+        candidate = Path(data_dir).expanduser() / "csm.toml"
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        p = Path(path)
+        try:
+            doc = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        unknown = sorted(set(doc) - set(by_name))
+        if unknown:
+            raise ConfigError(f"config file {p}: unknown setting(s) {', '.join(unknown)}")
+        for k, v in doc.items():
+            values[k] = _coerce(k, by_name[k].metadata["kind"], v, str(p))
+    for name, f in by_name.items():
+        if env_name(name) in env:
+            values[name] = _coerce(name, f.metadata["kind"], env[env_name(name)], env_name(name))
+    for name, v in cli.items():
+        if name in by_name:
+            values[name] = _coerce(name, by_name[name].metadata["kind"], v, flag_name(name))
+    for name, v in values.items():
+        choices = by_name[name].metadata["choices"]
+        if choices and v not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}")
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def validate(s: Settings) -> None:
+    if s.plain_http and not (s.host in _LOOPBACK or s.host.startswith("127.")):
+        raise ConfigError("plain HTTP is allowed only on a loopback address (use --host 127.0.0.1)")
+    if not (0 < s.port < 65536):
+        raise ConfigError("port must be between 1 and 65535")
+    if s.workers < 1 or s.threads < 1:
+        raise ConfigError("workers and threads must be at least 1")
+    if s.max_body_bytes < 1024:
+        raise ConfigError("max_body_bytes must be at least 1024")
+    if s.token_ttl < 1 or s.token_max_ttl < s.token_ttl:
+        raise ConfigError("token_ttl must be positive and at most token_max_ttl")
+
+
+def settings_table_markdown() -> str:
+    """The README's settings table, generated from :data:`SETTINGS`."""
+    rows = ["| setting (config key) | CLI flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for f in SETTINGS:
+        default = f.default
+        shown = "`" + json.dumps(default) + "`" if default != "" else "(empty)"
+        rows.append(f"| `{f.name}` | `{flag_name(f.name)}` | `{env_name(f.name)}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows)

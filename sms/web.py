@@ -1,0 +1,214 @@
+"""Web-layer plumbing shared by every blueprint: problem documents, identity, authorisation, audit.
+
+Flask lives here and in the ``views`` modules only.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Response, current_app, g, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from .audit.service import AuditEvent
+from .auth.policy import Capability
+from .auth.service import Identity
+from .errors import PROBLEM_TYPES, Unauthenticated, classify, problem_for_status
+from .runtime import Services
+
+log = logging.getLogger("csm.web")
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROBLEM_JSON = "application/problem+json"
+TOKEN_HEADER = "X-CSM-Token"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["csm"]
+    return svc
+
+
+def problem_response(
+    status: int, type_uri: str, title: str, detail: str, extensions: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"type": type_uri, "title": title, "status": status, "detail": detail}
+    if request:
+        body["instance"] = request.path
+        rid = getattr(g, "request_id", None)
+        if rid:
+            body["request_id"] = rid
+    for k, v in (extensions or {}).items():
+        if k not in body:
+            body[k] = v
+    resp = current_app.json.response(body)
+    resp.status_code = status
+    resp.mimetype = PROBLEM_JSON
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _safe_errors(errors: Any) -> Any:
+    """Validation messages from marshmallow/webargs (field names + fixed messages; no input echo)."""
+    if isinstance(errors, dict):
+        return {str(k)[:128]: _safe_errors(v) for k, v in list(errors.items())[:50]}
+    if isinstance(errors, list):
+        return [_safe_errors(v) for v in errors[:20]]
+    return str(errors)[:300]
+
+
+class ProblemApi(Api):
+    """flask-smorest Api whose every error is an RFC 9457 problem document."""
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        status = error.code or 500
+        data = getattr(error, "data", None) or {}
+        headers = dict(data.get("headers") or {})
+        if status == 422 or (status == 400 and ("messages" in data or "errors" in data)):
+            errs = data.get("errors") or data.get("messages") or {}
+            # webargs nests by location ("json", "query"); keep that, it tells the caller where.
+            pt = PROBLEM_TYPES["validation"] if status == 422 else PROBLEM_TYPES["bad-request"]
+            return problem_response(status, pt.uri, pt.title, data.get("message") or "the request is not valid",
+                                    {"errors": _safe_errors(errs)}, headers)
+        pt = problem_for_status(status)
+        detail = data.get("message") or _DEFAULT_DETAIL.get(status) or (error.description or pt.title)
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return problem_response(status, pt.uri, pt.title, detail, None, headers)
+
+
+_DEFAULT_DETAIL = {
+    400: "the request could not be understood",
+    404: "no such resource",
+    405: "this method is not allowed on this resource",
+    413: "the request body is larger than this service accepts",
+    415: "unsupported content type",
+    500: "an internal error occurred; it has been logged",
+}
+
+
+def handle_any_exception(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return ProblemApi.handle_http_exception(None, exc)  # type: ignore[arg-type]
+    pt, detail, ext = classify(exc)
+    headers: dict[str, str] = {}
+    if pt.status >= 500:
+        if pt.slug == "internal":
+            log.error("request %s failed: %s", getattr(g, "request_id", "-"), type(exc).__name__, exc_info=exc)
+        else:
+            log.warning("request %s: %s (%s)", getattr(g, "request_id", "-"), pt.slug, type(exc).__name__)
+        if pt.status == 503:
+            headers["Retry-After"] = "5"
+    if pt.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="csm"'
+    return problem_response(pt.status, pt.uri, pt.title, detail, ext, headers)
+
+
+# ---- identity -----------------------------------------------------------------------
+IdentityResolver = Callable[[], Identity | None]
+
+
+def presented_token() -> str | None:
+    tok = request.headers.get(TOKEN_HEADER)
+    if tok:
+        return tok.strip()
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
+def current_identity(required: bool = True) -> Identity | None:
+    """The caller's identity (token or client certificate), resolved once per request."""
+    if "identity" in g:
+        ident: Identity | None = g.identity
+    else:
+        ident = None
+        svc = services()
+        tok = presented_token()
+        if tok:
+            ident = svc.auth.authenticate(tok)
+        else:
+            for resolver in svc.extras.get("identity_resolvers", []):
+                ident = resolver()
+                if ident is not None:
+                    break
+        g.identity = ident
+    if ident is None and required:
+        raise Unauthenticated(f"present a token in the {TOKEN_HEADER} header (or Authorization: Bearer)")
+    return ident
+
+
+def guard(capability: Capability | None, path: str | Callable[..., str], *, action: str,
+          audit: bool = True) -> Callable[[F], F]:
+    """Authenticate, authorise ``capability`` on the resource path and record the outcome.
+
+    ``path`` is a template formatted with the view's keyword arguments (e.g.
+    ``"secrets/{domain}/{name}"``) or a callable receiving them. ``capability=None`` means
+    any authenticated caller may proceed (self-service routes).
+    """
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            resource = path(**kwargs) if callable(path) else path.format(**kwargs)
+            if audit:
+                g.audit = {"action": action, "resource": resource}
+            ident = current_identity()
+            assert ident is not None
+            if capability is not None and not ident.can(resource, capability):
+                from .errors import PermissionDenied
+
+                raise PermissionDenied(f"{capability.value} on {resource} is not allowed for this caller")
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
+
+
+def record_audit(response: Response) -> Response:
+    """after_request: write the audit entry for guarded requests; fail closed if it cannot."""
+    pending = g.pop("audit", None)
+    if pending is None:
+        return response
+    ident: Identity | None = g.get("identity")
+    status = response.status_code
+    outcome = "ok" if status < 400 else {401: "unauthenticated", 403: "denied"}.get(status, "error")
+    ev = AuditEvent(
+        actor=ident.label if ident else "anonymous",
+        action=pending["action"],
+        resource=pending["resource"],
+        outcome=outcome,
+        status=status,
+        request_id=g.get("request_id", ""),
+        remote=request.remote_addr or "",
+        detail={"method": request.method, **(g.get("audit_detail") or {})},
+    )
+    try:
+        services().audit.append(ev)
+    except Exception as exc:  # noqa: BLE001 - any failure must turn into a refusal
+        log.error("audit append failed for request %s: %s", ev.request_id, type(exc).__name__)
+        pt = PROBLEM_TYPES["unavailable"]
+        return problem_response(503, pt.uri, pt.title, "the audit log cannot be written; request refused",
+                                None, {"Retry-After": "5"})
+    return response
+
+
+def assign_request_id() -> None:
+    rid = request.headers.get("X-Request-ID", "")
+    g.request_id = rid if _REQUEST_ID_RE.match(rid) else secrets.token_hex(8)
+
+
+def add_common_headers(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
