@@ -47,11 +47,13 @@ def pin_source_spec(settings: Settings) -> str:
 class LazyKeyStore:
     """A KeyStore that logs in on first use in this process; 'sealed' until the PIN is available."""
 
-    def __init__(self, settings: Settings, *, token_config: TokenConfig | None = None) -> None:
+    def __init__(self, settings: Settings, *, token_config: TokenConfig | None = None,
+                 keystore: Any = None) -> None:
         self._settings = settings
         self._explicit = token_config
-        self._ks: Any = None
-        self._pid = 0
+        self._ks: Any = keystore
+        self._pid = os.getpid() if keystore is not None else 0
+        self._owned = keystore is None
         self._lock = threading.Lock()
         self.sealed_reason: str | None = None
 
@@ -94,9 +96,10 @@ class LazyKeyStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._ks is not None and self._pid == os.getpid():
+            if self._ks is not None and self._pid == os.getpid() and self._owned:
                 self._ks.close()
-            self._ks = None
+            if self._owned:
+                self._ks = None
 
 
 def _accepts_lock_mode() -> bool:
@@ -121,10 +124,12 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def build_services(settings: Settings, *, token_config: TokenConfig | None = None, engine: Engine | None = None) -> Services:
+def build_services(settings: Settings, *, token_config: TokenConfig | None = None, engine: Engine | None = None,
+                   keystore: Any = None) -> Services:
+    """Wire the collaborators. ``keystore`` injects an already-open KeyStore (tests, embedding)."""
     engine = engine or db.make_engine(settings.effective_database_url)
     sessions = db.session_factory(engine)
-    ks = LazyKeyStore(settings, token_config=token_config)
+    ks = LazyKeyStore(settings, token_config=token_config, keystore=keystore)
     return Services(
         settings=settings,
         engine=engine,

@@ -1,0 +1,85 @@
+"""Every error is an RFC 9457 problem document: never HTML, never a stack trace."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from sms.app import FEATURES, create_app
+
+boom = Blueprint("boom", __name__, url_prefix="/v1/test")
+
+
+@boom.route("/boom")
+class Boom(MethodView):
+    def get(self):
+        raise RuntimeError("secret-detail-that-must-not-leak /etc/passwd")
+
+
+def assert_problem(r, status):
+    assert r.status_code == status, r.data[:300]
+    assert r.mimetype == "application/problem+json"
+    body = r.json
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    assert body["type"].startswith("https://csm.dev/problems/")
+    text = r.get_data(as_text=True)
+    assert "Traceback" not in text and "<html" not in text.lower()
+    return body
+
+
+@pytest.fixture
+def boom_client(services):
+    import sys
+
+    app = create_app(services=services, features=[*FEATURES, (__name__, ("boom",))])
+    assert sys.modules[__name__].boom is boom
+    return app.test_client()
+
+
+def test_unknown_route(client):
+    assert_problem(client.get("/v1/does/not/exist"), 404)
+
+
+def test_wrong_method(client):
+    body = assert_problem(client.patch("/v1/sys/health"), 405)
+    assert body["type"].endswith("/method-not-allowed")
+
+
+def test_oversized_body(client, root_headers, services):
+    big = b"{" + b'"a":"' + b"x" * (services.settings.max_body_bytes + 10) + b'"}'
+    assert_problem(client.post("/v1/auth/tokens", data=big, content_type="application/json",
+                               headers=root_headers), 413)
+
+
+def test_malformed_json(client, root_headers):
+    assert_problem(client.post("/v1/auth/tokens", data=b"{not json", content_type="application/json",
+                               headers=root_headers), 400)
+
+
+def test_validation_error_names_the_field(client, root_headers):
+    body = assert_problem(client.post("/v1/auth/tokens", json={"ttl": "soon", "bogus": 1}, headers=root_headers), 422)
+    assert "ttl" in body["errors"]["json"] and "bogus" in body["errors"]["json"]
+
+
+def test_internal_failure_is_a_generic_problem_and_is_logged(boom_client, root_headers, caplog):
+    with caplog.at_level(logging.ERROR):
+        body = assert_problem(boom_client.get("/v1/test/boom"), 500)
+    assert "secret-detail" not in str(body) and "RuntimeError" not in str(body)
+    assert body["request_id"] in caplog.text
+
+
+def test_problem_carries_request_id_header(client):
+    r = client.get("/nowhere", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123"
+    assert r.json["request_id"] == "abc-123"
+
+
+def test_openapi_document_is_served(client):
+    r = client.get("/v1/openapi/openapi.json")
+    assert r.status_code == 200
+    paths = r.json["paths"]
+    assert "/v1/auth/tokens" in paths and "/v1/sys/ready" in paths and "/v1/sys/policies/{name}" in paths
+    assert client.get("/v1/openapi/ui").status_code == 200
