@@ -1,0 +1,266 @@
+"""Internal bridge between pyasn1-alt-modules values and cryptography's x509 types.
+
+Nothing here writes DER by hand: pyasn1 encodes and decodes, cryptography parses names, general
+names and extensions (through a throw-away PKCS#10 container whose signature is never checked,
+because cryptography has no public parser for a bare Name or Extensions).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from pyasn1.codec.der import decoder as der_decoder
+from pyasn1.codec.der import encoder as der_encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1.type import base, char, univ, useful
+from pyasn1_alt_modules import rfc2985, rfc2986, rfc5280
+
+from .errors import BadDataFormat, CmpError
+
+T = TypeVar("T", bound=base.Asn1Item)
+
+# An Ed25519 SubjectPublicKeyInfo algorithm has no parameters, so cryptography accepts the
+# container without us having to supply a real key; the key is never loaded.
+_ED25519 = univ.ObjectIdentifier("1.3.101.112")
+
+
+def decode(der: bytes, spec: T, *, what: str = "value") -> T:
+    """Strict DER decode: the whole input must be one value of ``spec``; errors → BadDataFormat."""
+    try:
+        value, rest = der_decoder.decode(der, asn1Spec=spec)
+    except CmpError:
+        raise
+    except Exception as exc:  # pyasn1 raises many types on malformed input
+        raise BadDataFormat(f"malformed {what}: {type(exc).__name__}") from None
+    if rest:
+        raise BadDataFormat(f"trailing data after {what}")
+    return value  # type: ignore[no-any-return]
+
+
+def encode(value: base.Asn1Item) -> bytes:
+    try:
+        return bytes(der_encoder.encode(value))
+    except PyAsn1Error as exc:
+        raise BadDataFormat(f"cannot encode {type(value).__name__}: {exc}") from None
+
+
+def retag(src: Any, spec: T) -> T:
+    """Copy ``src`` into a fresh value of ``spec`` (same structure, different tags).
+
+    pyasn1 refuses to put an untagged value into an IMPLICIT/EXPLICIT tagged slot; this is the
+    standard way round it (copy the components, not the bytes).
+    """
+    if isinstance(spec, univ.Choice):
+        new = spec.clone()
+        name = src.getName()
+        new[name] = src.getComponent()
+        return new  # type: ignore[no-any-return]
+    if isinstance(spec, (univ.Sequence, univ.Set)):
+        new = spec.clone()
+        for name in src.componentType.keys():
+            comp = src.getComponentByName(name, instantiate=False)
+            if comp is not univ.noValue and comp.isValue:
+                new[name] = comp
+        return new  # type: ignore[no-any-return]
+    if isinstance(spec, (univ.SequenceOf, univ.SetOf)):
+        new = spec.clone()
+        for item in src:
+            new.append(item)
+        return new  # type: ignore[no-any-return]
+    return spec.clone(src)  # type: ignore[no-any-return]
+
+
+def slot(container: Any, name: str) -> Any:
+    """A fresh, empty value of the (possibly tagged) type of ``container``'s component ``name``."""
+    return container.componentType[name].asn1Object.clone()
+
+
+def present(container: Any, name: str) -> bool:
+    comp = container.getComponentByName(name, instantiate=False)
+    return comp is not univ.noValue and bool(comp.isValue)
+
+
+# ---- x509 bridge via a throw-away CSR --------------------------------------------------------
+
+def _fake_csr(subject: Any | None = None, extensions_der: bytes | None = None) -> x509.CertificateSigningRequest:
+    cri = rfc2986.CertificationRequestInfo()
+    cri["version"] = 0
+    if subject is not None:
+        cri["subject"] = subject
+    else:
+        cri["subject"]["rdnSequence"] = rfc5280.RDNSequence()
+    cri["subjectPKInfo"]["algorithm"]["algorithm"] = _ED25519
+    cri["subjectPKInfo"]["subjectPublicKey"] = univ.BitString.fromOctetString(bytes(32))
+    cri["attributes"] = slot(cri, "attributes")
+    if extensions_der is not None:
+        attr = rfc2986.Attribute()
+        attr["type"] = rfc2985.pkcs_9_at_extensionRequest
+        attr["values"].append(univ.Any(extensions_der))
+        cri["attributes"].append(attr)
+    csr = rfc2986.CertificationRequest()
+    csr["certificationRequestInfo"] = cri
+    csr["signatureAlgorithm"]["algorithm"] = _ED25519
+    csr["signature"] = univ.BitString.fromOctetString(b"")
+    return x509.load_der_x509_csr(encode(csr))
+
+
+def name_to_x509(value: Any) -> x509.Name:
+    """pyasn1 Name (tagged or not) → cryptography Name."""
+    try:
+        plain = retag(value, rfc5280.Name())
+        return _fake_csr(subject=plain).subject
+    except CmpError:
+        raise
+    except Exception as exc:
+        raise BadDataFormat(f"malformed Name: {type(exc).__name__}") from None
+
+
+def name_from_x509(name: x509.Name, spec: Any = None) -> Any:
+    plain = decode(name.public_bytes(), rfc5280.Name(), what="Name")
+    return plain if spec is None else retag(plain, spec)
+
+
+def extensions_to_x509(value: Any) -> x509.Extensions:
+    try:
+        plain = retag(value, rfc5280.Extensions())
+        return _fake_csr(extensions_der=encode(plain)).extensions
+    except CmpError:
+        raise
+    except Exception as exc:
+        raise BadDataFormat(f"malformed or duplicate extensions: {type(exc).__name__}") from None
+
+
+def extensions_from_x509(exts: x509.Extensions, spec: Any = None) -> Any:
+    out = rfc5280.Extensions() if spec is None else spec.clone()
+    for ext in exts:
+        e = rfc5280.Extension()
+        e["extnID"] = univ.ObjectIdentifier(ext.oid.dotted_string)
+        e["critical"] = ext.critical
+        e["extnValue"] = univ.OctetString(ext.value.public_bytes())
+        out.append(e)
+    return out
+
+
+def general_name_to_x509(value: Any) -> x509.GeneralName:
+    try:
+        names = rfc5280.GeneralNames()
+        names.append(value)
+        ext = rfc5280.Extensions()
+        e = rfc5280.Extension()
+        e["extnID"] = rfc5280.id_ce_subjectAltName
+        e["critical"] = False
+        e["extnValue"] = univ.OctetString(encode(names))
+        ext.append(e)
+        san = _fake_csr(extensions_der=encode(ext)).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return list(san.value)[0]
+    except CmpError:
+        raise
+    except Exception as exc:
+        raise BadDataFormat(f"malformed or unsupported GeneralName: {type(exc).__name__}") from None
+
+
+def general_name_from_x509(gn: x509.GeneralName, spec: Any = None) -> Any:
+    names = decode(x509.SubjectAlternativeName([gn]).public_bytes(), rfc5280.GeneralNames(), what="GeneralName")
+    plain = names[0]
+    return plain if spec is None else retag(plain, spec)
+
+
+# ---- certificates, CSRs, keys -----------------------------------------------------------------
+
+def cert_to_x509(value: Any) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(encode(retag(value, rfc5280.Certificate())))
+    except CmpError:
+        raise
+    except Exception as exc:
+        raise BadDataFormat(f"malformed certificate: {type(exc).__name__}") from None
+
+
+def cert_from_x509(cert: x509.Certificate, spec: Any) -> Any:
+    plain = decode(cert.public_bytes(serialization.Encoding.DER), rfc5280.Certificate(), what="certificate")
+    return retag(plain, spec)
+
+
+def crl_to_x509(value: Any) -> x509.CertificateRevocationList:
+    try:
+        return x509.load_der_x509_crl(encode(retag(value, rfc5280.CertificateList())))
+    except Exception as exc:
+        raise BadDataFormat(f"malformed CRL: {type(exc).__name__}") from None
+
+
+def spki_to_key(value: Any) -> PublicKeyTypes:
+    from .errors import BadCertTemplate
+
+    der = encode(retag(value, rfc5280.SubjectPublicKeyInfo()))
+    try:
+        return serialization.load_der_public_key(der)
+    except UnsupportedAlgorithm:
+        raise BadCertTemplate("unsupported public key algorithm") from None
+    except Exception as exc:
+        raise BadDataFormat(f"malformed public key: {type(exc).__name__}") from None
+
+
+def key_to_spki(key: PublicKeyTypes, spec: Any = None) -> Any:
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    plain = decode(der, rfc5280.SubjectPublicKeyInfo(), what="SubjectPublicKeyInfo")
+    return plain if spec is None else retag(plain, spec)
+
+
+# ---- scalars ------------------------------------------------------------------------------
+
+def gentime_to_datetime(value: Any) -> _dt.datetime:
+    try:
+        d = value.asDateTime
+    except Exception as exc:
+        raise BadDataFormat(f"malformed GeneralizedTime: {type(exc).__name__}") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=_dt.timezone.utc)
+    return d.astimezone(_dt.timezone.utc)  # type: ignore[no-any-return]
+
+
+def gentime_from_datetime(when: _dt.datetime, spec: Any = None) -> Any:
+    if when.tzinfo is None:
+        raise ValueError("messageTime must be timezone-aware")
+    text = when.astimezone(_dt.timezone.utc).strftime("%Y%m%d%H%M%SZ")
+    return (spec if spec is not None else useful.GeneralizedTime()).clone(text)
+
+
+def time_to_datetime(value: Any) -> _dt.datetime:
+    """rfc5280 Time CHOICE (utcTime | generalTime) → aware datetime."""
+    return gentime_to_datetime(value.getComponent())
+
+
+def time_from_datetime(when: _dt.datetime, spec: Any) -> Any:
+    t = spec.clone()
+    utc = when.astimezone(_dt.timezone.utc)
+    if 1950 <= utc.year < 2050:
+        t["utcTime"] = useful.UTCTime(utc.strftime("%y%m%d%H%M%SZ"))
+    else:
+        t["generalTime"] = useful.GeneralizedTime(utc.strftime("%Y%m%d%H%M%SZ"))
+    return t
+
+
+def free_text(value: Any) -> tuple[str, ...]:
+    try:
+        return tuple(str(s) for s in value)
+    except Exception as exc:
+        raise BadDataFormat(f"malformed PKIFreeText: {type(exc).__name__}") from None
+
+
+def free_text_into(texts: tuple[str, ...], spec: Any) -> Any:
+    out = spec.clone()
+    for t in texts:
+        out.append(char.UTF8String(t))
+    return out
+
+
+def octets(value: Any) -> bytes:
+    return bytes(value.asOctets())
+
+
+def oid_str(value: Any) -> str:
+    return ".".join(str(x) for x in tuple(value))

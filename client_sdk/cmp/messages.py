@@ -1,0 +1,1027 @@
+"""CMP messages (RFC 4210/9480) as typed, immutable objects over pyasn1-alt-modules ``rfc9480``.
+
+``PKIMessage.decode(der)`` parses any PKIMessage into a :class:`PKIHeader`, a typed body chosen by
+:data:`BODY_TYPES` (one class per body type, like certbot's message registry) and the extraCerts
+as cryptography certificates. Decoded objects remember their pyasn1 value and the message its
+original bytes, so ``encode()`` of an unmodified decoded message is byte-identical and protection is
+always checked over the bytes the peer sent. ``dataclasses.replace`` yields a new object that is
+encoded from its typed fields.
+
+Anything malformed or outside the closed vocabularies raises a :class:`~client_sdk.cmp.errors.CmpError`
+leaf (BadDataFormat, BadRequest, ...) - never another exception type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Final, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from pyasn1.type import univ
+from pyasn1_alt_modules import rfc4210, rfc4211, rfc5280, rfc9480
+
+from . import _asn1
+from .algorithms import ProtectionAlgorithm, algorithm_from_asn1, algorithm_to_asn1
+from .enums import BodyType, FailureInfo, InfoType, PKIStatus, PopKind, RevocationReason
+from .errors import BadDataFormat, BadRequest, CmpError
+
+#: Messages larger than this are refused before parsing (pyasn1 is slow; bounded work per request).
+MAX_MESSAGE_SIZE: Final = 1 << 20
+
+_OLD_CERT_ID_OID: Final = "1.3.6.1.5.5.7.5.1.5"  # id-regCtrl-oldCertID
+_CRL_REASON_OID: Final = "2.5.29.21"
+
+
+def _cached(obj: Any, value: Any) -> Any:
+    object.__setattr__(obj, "_asn1", value)
+    return obj
+
+
+def _from_cache(obj: Any) -> Any:
+    return getattr(obj, "_asn1", None)
+
+
+# ---- small values ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PKIStatusInfo:
+    status: PKIStatus
+    status_strings: tuple[str, ...] = ()
+    fail_info: frozenset[FailureInfo] = frozenset()
+
+    @classmethod
+    def accepted(cls, *texts: str) -> PKIStatusInfo:
+        return cls(PKIStatus.ACCEPTED, tuple(texts))
+
+    @classmethod
+    def rejection(cls, failure: FailureInfo | None, *texts: str) -> PKIStatusInfo:
+        return cls(PKIStatus.REJECTION, tuple(texts), frozenset([failure]) if failure is not None else frozenset())
+
+    @classmethod
+    def from_error(cls, error: CmpError) -> PKIStatusInfo:
+        return cls.rejection(error.failure or FailureInfo.SYSTEM_FAILURE, error.detail)
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> PKIStatusInfo:
+        try:
+            status = PKIStatus(int(value["status"]))
+        except ValueError:
+            raise BadDataFormat(f"unknown PKIStatus {int(value['status'])}") from None
+        texts = _asn1.free_text(value["statusString"]) if _asn1.present(value, "statusString") else ()
+        bits: set[FailureInfo] = set()
+        if _asn1.present(value, "failInfo"):
+            for i, bit in enumerate(tuple(value["failInfo"])):
+                if bit:
+                    try:
+                        bits.add(FailureInfo(i))
+                    except ValueError:
+                        raise BadDataFormat(f"unknown PKIFailureInfo bit {i}") from None
+        return cls(status, texts, frozenset(bits))
+
+    def to_asn1(self, spec: Any = None) -> Any:
+        out = (spec if spec is not None else rfc9480.PKIStatusInfo()).clone()
+        out["status"] = int(self.status)
+        if self.status_strings:
+            out["statusString"] = _asn1.free_text_into(self.status_strings, _asn1.slot(out, "statusString"))
+        if self.fail_info:
+            top = max(self.fail_info)
+            bits = "".join("1" if FailureInfo(i) in self.fail_info else "0" for i in range(top + 1))
+            out["failInfo"] = _asn1.slot(out, "failInfo").clone(binValue=bits)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class InfoTypeAndValue:
+    """One InfoTypeAndValue (generalInfo, genm, genp); ``value`` is the DER of infoValue."""
+
+    info_type: x509.ObjectIdentifier
+    value: bytes | None = None
+
+    @property
+    def kind(self) -> InfoType | None:
+        try:
+            return InfoType(self.info_type.dotted_string)
+        except ValueError:
+            return None
+
+    @classmethod
+    def of(cls, kind: InfoType, value: bytes | None = None) -> InfoTypeAndValue:
+        return cls(kind.oid, value)
+
+    @classmethod
+    def implicit_confirm(cls) -> InfoTypeAndValue:
+        return cls.of(InfoType.IMPLICIT_CONFIRM, _asn1.encode(univ.Null("")))
+
+    @classmethod
+    def confirm_wait_time(cls, when: _dt.datetime) -> InfoTypeAndValue:
+        return cls.of(InfoType.CONFIRM_WAIT_TIME, _asn1.encode(_asn1.gentime_from_datetime(when)))
+
+    @classmethod
+    def certificates(cls, kind: InfoType, certs: Iterable[x509.Certificate]) -> InfoTypeAndValue:
+        """caCerts (and other SEQUENCE OF CMPCertificate values)."""
+        seq = rfc9480.CaCertsValue()
+        for c in certs:
+            seq.append(_asn1.cert_from_x509(c, rfc9480.CMPCertificate()))
+        return cls.of(kind, _asn1.encode(seq))
+
+    @classmethod
+    def certificate(cls, kind: InfoType, cert: x509.Certificate) -> InfoTypeAndValue:
+        return cls.of(kind, cert.public_bytes(serialization.Encoding.DER))
+
+    def as_certificates(self) -> tuple[x509.Certificate, ...]:
+        if self.value is None:
+            return ()
+        seq = _asn1.decode(self.value, rfc9480.CaCertsValue(), what="certificate list")
+        return tuple(_asn1.cert_to_x509(c) for c in seq)
+
+    def as_certificate(self) -> x509.Certificate | None:
+        if self.value is None:
+            return None
+        try:
+            return x509.load_der_x509_certificate(self.value)
+        except ValueError:
+            raise BadDataFormat("malformed certificate in InfoTypeAndValue") from None
+
+    def as_time(self) -> _dt.datetime:
+        if self.value is None:
+            raise BadDataFormat("InfoTypeAndValue without value")
+        return _asn1.gentime_to_datetime(_asn1.decode(self.value, rfc9480.ConfirmWaitTimeValue(), what="time"))
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> InfoTypeAndValue:
+        oid = x509.ObjectIdentifier(_asn1.oid_str(value["infoType"]))
+        raw = bytes(value["infoValue"]) if _asn1.present(value, "infoValue") else None
+        return cls(oid, raw)
+
+    def to_asn1(self) -> Any:
+        out = rfc9480.InfoTypeAndValue()
+        out["infoType"] = univ.ObjectIdentifier(self.info_type.dotted_string)
+        if self.value is not None:
+            out["infoValue"] = univ.Any(self.value)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CertId:
+    issuer: x509.GeneralName
+    serial_number: int
+
+    @classmethod
+    def for_certificate(cls, cert: x509.Certificate) -> CertId:
+        return cls(x509.DirectoryName(cert.issuer), cert.serial_number)
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> CertId:
+        return cls(_asn1.general_name_to_x509(value["issuer"]), int(value["serialNumber"]))
+
+    def to_asn1(self, spec: Any = None) -> Any:
+        out = (spec if spec is not None else rfc4211.CertId()).clone()
+        out["issuer"] = _asn1.general_name_from_x509(self.issuer)
+        out["serialNumber"] = self.serial_number
+        return out
+
+
+# ---- header ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PKIHeader:
+    """PKIHeader (RFC 4210 §5.1.1). sender/recipient are GeneralNames (usually DirectoryName)."""
+
+    sender: x509.GeneralName
+    recipient: x509.GeneralName
+    pvno: int = 2
+    message_time: _dt.datetime | None = None
+    protection_alg: ProtectionAlgorithm | None = None
+    sender_kid: bytes | None = None
+    recip_kid: bytes | None = None
+    transaction_id: bytes | None = None
+    sender_nonce: bytes | None = None
+    recip_nonce: bytes | None = None
+    free_text: tuple[str, ...] = ()
+    general_info: tuple[InfoTypeAndValue, ...] = ()
+
+    @property
+    def sender_name(self) -> x509.Name | None:
+        return self.sender.value if isinstance(self.sender, x509.DirectoryName) else None
+
+    @property
+    def recipient_name(self) -> x509.Name | None:
+        return self.recipient.value if isinstance(self.recipient, x509.DirectoryName) else None
+
+    def info(self, kind: InfoType) -> InfoTypeAndValue | None:
+        for itav in self.general_info:
+            if itav.info_type.dotted_string == kind.value:
+                return itav
+        return None
+
+    @property
+    def implicit_confirm(self) -> bool:
+        return self.info(InfoType.IMPLICIT_CONFIRM) is not None
+
+    @property
+    def confirm_wait_time(self) -> _dt.datetime | None:
+        itav = self.info(InfoType.CONFIRM_WAIT_TIME)
+        return itav.as_time() if itav is not None else None
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> PKIHeader:
+        def opt_octets(name: str) -> bytes | None:
+            return _asn1.octets(value[name]) if _asn1.present(value, name) else None
+
+        hdr = cls(
+            pvno=int(value["pvno"]),
+            sender=_asn1.general_name_to_x509(value["sender"]),
+            recipient=_asn1.general_name_to_x509(value["recipient"]),
+            message_time=_asn1.gentime_to_datetime(value["messageTime"]) if _asn1.present(value, "messageTime") else None,
+            protection_alg=algorithm_from_asn1(value["protectionAlg"]) if _asn1.present(value, "protectionAlg") else None,
+            sender_kid=opt_octets("senderKID"),
+            recip_kid=opt_octets("recipKID"),
+            transaction_id=opt_octets("transactionID"),
+            sender_nonce=opt_octets("senderNonce"),
+            recip_nonce=opt_octets("recipNonce"),
+            free_text=_asn1.free_text(value["freeText"]) if _asn1.present(value, "freeText") else (),
+            general_info=tuple(InfoTypeAndValue.from_asn1(i) for i in value["generalInfo"])
+            if _asn1.present(value, "generalInfo") else (),
+        )
+        return _cached(hdr, value)  # type: ignore[no-any-return]
+
+    def to_asn1(self) -> Any:
+        cached = _from_cache(self)
+        if cached is not None:
+            return cached
+        h = rfc9480.PKIHeader()
+        h["pvno"] = self.pvno
+        h["sender"] = _asn1.general_name_from_x509(self.sender)
+        h["recipient"] = _asn1.general_name_from_x509(self.recipient)
+        if self.message_time is not None:
+            h["messageTime"] = _asn1.gentime_from_datetime(self.message_time, _asn1.slot(h, "messageTime"))
+        if self.protection_alg is not None:
+            h["protectionAlg"] = algorithm_to_asn1(self.protection_alg, _asn1.slot(h, "protectionAlg"))
+        for name, val in (("senderKID", self.sender_kid), ("recipKID", self.recip_kid),
+                          ("transactionID", self.transaction_id), ("senderNonce", self.sender_nonce),
+                          ("recipNonce", self.recip_nonce)):
+            if val is not None:
+                h[name] = _asn1.slot(h, name).clone(val)
+        if self.free_text:
+            h["freeText"] = _asn1.free_text_into(self.free_text, _asn1.slot(h, "freeText"))
+        if self.general_info:
+            gi = _asn1.slot(h, "generalInfo")
+            for itav in self.general_info:
+                gi.append(itav.to_asn1())
+            h["generalInfo"] = gi
+        return h
+
+
+# ---- CRMF -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CertTemplate:
+    """CRMF CertTemplate (RFC 4211 §5) with cryptography types; every field optional."""
+
+    subject: x509.Name | None = None
+    public_key: PublicKeyTypes | None = None
+    extensions: x509.Extensions | None = None
+    not_before: _dt.datetime | None = None
+    not_after: _dt.datetime | None = None
+    issuer: x509.Name | None = None
+    serial_number: int | None = None
+    version: int | None = None
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> CertTemplate:
+        p = _asn1.present
+        nb = na = None
+        if p(value, "validity"):
+            v = value["validity"]
+            nb = _asn1.time_to_datetime(v["notBefore"]) if p(v, "notBefore") else None
+            na = _asn1.time_to_datetime(v["notAfter"]) if p(v, "notAfter") else None
+        if p(value, "signingAlg") or p(value, "issuerUID") or p(value, "subjectUID"):
+            raise BadDataFormat("CertTemplate must not carry signingAlg, issuerUID or subjectUID")
+        tpl = cls(
+            subject=_asn1.name_to_x509(value["subject"]) if p(value, "subject") else None,
+            public_key=_asn1.spki_to_key(value["publicKey"]) if p(value, "publicKey") else None,
+            extensions=_asn1.extensions_to_x509(value["extensions"]) if p(value, "extensions") else None,
+            not_before=nb,
+            not_after=na,
+            issuer=_asn1.name_to_x509(value["issuer"]) if p(value, "issuer") else None,
+            serial_number=int(value["serialNumber"]) if p(value, "serialNumber") else None,
+            version=int(value["version"]) if p(value, "version") else None,
+        )
+        return _cached(tpl, value)  # type: ignore[no-any-return]
+
+    def to_asn1(self, spec: Any = None) -> Any:
+        cached = _from_cache(self)
+        out = (spec if spec is not None else rfc4211.CertTemplate()).clone()
+        if cached is not None:
+            return _asn1.retag(cached, out)
+        if self.version is not None:
+            out["version"] = self.version
+        if self.serial_number is not None:
+            out["serialNumber"] = self.serial_number
+        if self.issuer is not None:
+            out["issuer"] = _asn1.name_from_x509(self.issuer, _asn1.slot(out, "issuer"))
+        if self.not_before is not None or self.not_after is not None:
+            v = _asn1.slot(out, "validity")
+            if self.not_before is not None:
+                v["notBefore"] = _asn1.time_from_datetime(self.not_before, _asn1.slot(v, "notBefore"))
+            if self.not_after is not None:
+                v["notAfter"] = _asn1.time_from_datetime(self.not_after, _asn1.slot(v, "notAfter"))
+            out["validity"] = v
+        if self.subject is not None:
+            out["subject"] = _asn1.name_from_x509(self.subject, _asn1.slot(out, "subject"))
+        if self.public_key is not None:
+            out["publicKey"] = _asn1.key_to_spki(self.public_key, _asn1.slot(out, "publicKey"))
+        if self.extensions is not None and len(self.extensions):
+            out["extensions"] = _asn1.extensions_from_x509(self.extensions, _asn1.slot(out, "extensions"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ProofOfPossession:
+    """ProofOfPossession. For ``SIGNATURE``: the algorithm, signature and, when the template lacked
+    subject or key, the DER of POPOSigningKeyInput (then the signature is over that)."""
+
+    kind: PopKind
+    algorithm: ProtectionAlgorithm | None = None
+    signature: bytes | None = None
+    signing_key_input: bytes | None = None
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> ProofOfPossession:
+        kind = PopKind(value.getName())
+        if kind is not PopKind.SIGNATURE:
+            return _cached(cls(kind), value)  # type: ignore[no-any-return]
+        sk = value["signature"]
+        inp = _asn1.encode(_asn1.retag(sk["poposkInput"], rfc4211.POPOSigningKeyInput())) \
+            if _asn1.present(sk, "poposkInput") else None
+        pop = cls(kind, algorithm_from_asn1(sk["algorithmIdentifier"]), _asn1.octets(sk["signature"]), inp)
+        return _cached(pop, value)  # type: ignore[no-any-return]
+
+    def to_asn1(self) -> Any:
+        cached = _from_cache(self)
+        if cached is not None:
+            return cached
+        out = rfc4211.ProofOfPossession()
+        if self.kind is PopKind.RA_VERIFIED:
+            out["raVerified"] = _asn1.slot(out, "raVerified").clone("")
+            return out
+        if self.kind is not PopKind.SIGNATURE:
+            raise ValueError(f"building {self.kind.value} POP is not supported")
+        if self.algorithm is None or self.signature is None:
+            raise ValueError("signature POP needs algorithm and signature")
+        sk = _asn1.slot(out, "signature")
+        if self.signing_key_input is not None:
+            inp = _asn1.decode(self.signing_key_input, rfc4211.POPOSigningKeyInput(), what="POPOSigningKeyInput")
+            sk["poposkInput"] = _asn1.retag(inp, _asn1.slot(sk, "poposkInput"))
+        sk["algorithmIdentifier"] = algorithm_to_asn1(self.algorithm)
+        sk["signature"] = univ.BitString.fromOctetString(self.signature)
+        out["signature"] = sk
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+    """A CRMF control or regInfo entry (AttributeTypeAndValue) with its DER value."""
+
+    type: x509.ObjectIdentifier
+    value: bytes
+
+    @classmethod
+    def old_cert_id(cls, cert_id: CertId) -> Control:
+        return cls(x509.ObjectIdentifier(_OLD_CERT_ID_OID), _asn1.encode(cert_id.to_asn1(rfc4211.OldCertId())))
+
+
+@dataclasses.dataclass(frozen=True)
+class CertReqMsg:
+    """One CertReqMsg: certReqId, template, controls, POP."""
+
+    cert_req_id: int
+    template: CertTemplate
+    popo: ProofOfPossession | None = None
+    controls: tuple[Control, ...] = ()
+    reg_info: tuple[Control, ...] = ()
+
+    @property
+    def old_cert_id(self) -> CertId | None:
+        for c in self.controls:
+            if c.type.dotted_string == _OLD_CERT_ID_OID:
+                return CertId.from_asn1(_asn1.decode(c.value, rfc4211.OldCertId(), what="oldCertID"))
+        return None
+
+    def cert_request_asn1(self) -> Any:
+        cached = _from_cache(self)
+        if cached is not None:
+            return cached["certReq"]
+        cr = rfc4211.CertRequest()
+        cr["certReqId"] = self.cert_req_id
+        cr["certTemplate"] = self.template.to_asn1(rfc4211.CertTemplate())
+        if self.controls:
+            ctl = _asn1.slot(cr, "controls")
+            for c in self.controls:
+                a = rfc4211.AttributeTypeAndValue()
+                a["type"] = univ.ObjectIdentifier(c.type.dotted_string)
+                a["value"] = univ.Any(c.value)
+                ctl.append(a)
+            cr["controls"] = ctl
+        return cr
+
+    @property
+    def cert_request_der(self) -> bytes:
+        """DER of the CertRequest - what a signature POP signs (RFC 4211 §4.1)."""
+        return _asn1.encode(self.cert_request_asn1())
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> CertReqMsg:
+        cr = value["certReq"]
+
+        def attrs(seq: Any) -> tuple[Control, ...]:
+            return tuple(Control(x509.ObjectIdentifier(_asn1.oid_str(a["type"])), bytes(a["value"])) for a in seq)
+
+        msg = cls(
+            cert_req_id=int(cr["certReqId"]),
+            template=CertTemplate.from_asn1(cr["certTemplate"]),
+            popo=ProofOfPossession.from_asn1(value["popo"]) if _asn1.present(value, "popo") else None,
+            controls=attrs(cr["controls"]) if _asn1.present(cr, "controls") else (),
+            reg_info=attrs(value["regInfo"]) if _asn1.present(value, "regInfo") else (),
+        )
+        return _cached(msg, value)  # type: ignore[no-any-return]
+
+    def to_asn1(self) -> Any:
+        cached = _from_cache(self)
+        if cached is not None:
+            return cached
+        out = rfc4211.CertReqMsg()
+        out["certReq"] = self.cert_request_asn1()
+        if self.popo is not None:
+            out["popo"] = self.popo.to_asn1()
+        if self.reg_info:
+            ri = _asn1.slot(out, "regInfo")
+            for c in self.reg_info:
+                a = rfc4211.AttributeTypeAndValue()
+                a["type"] = univ.ObjectIdentifier(c.type.dotted_string)
+                a["value"] = univ.Any(c.value)
+                ri.append(a)
+            out["regInfo"] = ri
+        return out
+
+
+# ---- bodies ---------------------------------------------------------------------------------
+
+class Body:
+    """Base of typed PKIBody contents. Subclasses are frozen dataclasses registered per BodyType."""
+
+    body_type: ClassVar[BodyType]
+
+    @classmethod
+    def from_asn1(cls: type[B], value: Any) -> B:
+        raise NotImplementedError
+
+    def content_asn1(self, spec: Any) -> Any:
+        """The body content as a value of ``spec`` (the tagged PKIBody alternative)."""
+        raise NotImplementedError
+
+    def to_asn1(self) -> Any:
+        body = rfc9480.PKIBody()
+        cached = _from_cache(self)
+        name = self.body_type.asn1_name
+        body[name] = cached if cached is not None else self.content_asn1(_asn1.slot(body, name))
+        return body
+
+
+B = TypeVar("B", bound=Body)
+
+#: BodyType → typed body class; decoding dispatches through this table.
+BODY_TYPES: dict[BodyType, type[Body]] = {}
+
+
+def register(cls: type[B]) -> type[B]:
+    BODY_TYPES[cls.body_type] = cls
+    return cls
+
+
+@dataclasses.dataclass(frozen=True)
+class CertReqMessagesBody(Body):
+    requests: tuple[CertReqMsg, ...]
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        if len(value) < 1:
+            raise BadDataFormat("CertReqMessages must not be empty")
+        return _cached(cls(tuple(CertReqMsg.from_asn1(m) for m in value)), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        for r in self.requests:
+            spec.append(r.to_asn1())
+        return spec
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class IrBody(CertReqMessagesBody):
+    body_type: ClassVar[BodyType] = BodyType.IR
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class CrBody(CertReqMessagesBody):
+    body_type: ClassVar[BodyType] = BodyType.CR
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class KurBody(CertReqMessagesBody):
+    body_type: ClassVar[BodyType] = BodyType.KUR
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class P10crBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.P10CR
+    csr: x509.CertificateSigningRequest
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        from pyasn1_alt_modules import rfc2986
+
+        der = _asn1.encode(_asn1.retag(value, rfc2986.CertificationRequest()))
+        try:
+            csr = x509.load_der_x509_csr(der)
+            csr.subject  # noqa: B018 - force parsing now
+        except ValueError:
+            raise BadDataFormat("malformed PKCS#10 request") from None
+        return _cached(cls(csr), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        from pyasn1_alt_modules import rfc2986
+
+        plain = _asn1.decode(self.csr.public_bytes(serialization.Encoding.DER), rfc2986.CertificationRequest(),
+                             what="PKCS#10 request")
+        return _asn1.retag(plain, spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class CertResponse:
+    cert_req_id: int
+    status: PKIStatusInfo
+    certificate: x509.Certificate | None = None
+    rsp_info: bytes | None = None
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> CertResponse:
+        cert = None
+        if _asn1.present(value, "certifiedKeyPair"):
+            ckp = value["certifiedKeyPair"]
+            coe = ckp["certOrEncCert"]
+            if coe.getName() != "certificate":
+                raise BadRequest("encrypted certificates are not supported")
+            cert = _asn1.cert_to_x509(coe["certificate"])
+        return _cached(cls(
+            cert_req_id=int(value["certReqId"]),
+            status=PKIStatusInfo.from_asn1(value["status"]),
+            certificate=cert,
+            rsp_info=_asn1.octets(value["rspInfo"]) if _asn1.present(value, "rspInfo") else None,
+        ), value)  # type: ignore[no-any-return]
+
+    def to_asn1(self) -> Any:
+        cached = _from_cache(self)
+        if cached is not None:
+            return cached
+        out = rfc9480.CertResponse()
+        out["certReqId"] = self.cert_req_id
+        out["status"] = self.status.to_asn1()
+        if self.certificate is not None:
+            ckp = _asn1.slot(out, "certifiedKeyPair")
+            coe = _asn1.slot(ckp, "certOrEncCert")
+            coe["certificate"] = _asn1.cert_from_x509(self.certificate, _asn1.slot(coe, "certificate"))
+            ckp["certOrEncCert"] = coe
+            out["certifiedKeyPair"] = ckp
+        if self.rsp_info is not None:
+            out["rspInfo"] = self.rsp_info
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CertRepMessageBody(Body):
+    responses: tuple[CertResponse, ...]
+    ca_pubs: tuple[x509.Certificate, ...] = ()
+
+    def response_for(self, cert_req_id: int) -> CertResponse | None:
+        for r in self.responses:
+            if r.cert_req_id == cert_req_id:
+                return r
+        return None
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        ca_pubs = tuple(_asn1.cert_to_x509(c) for c in value["caPubs"]) if _asn1.present(value, "caPubs") else ()
+        return _cached(cls(tuple(CertResponse.from_asn1(r) for r in value["response"]), ca_pubs), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        if self.ca_pubs:
+            cp = _asn1.slot(spec, "caPubs")
+            for c in self.ca_pubs:
+                cp.append(_asn1.cert_from_x509(c, rfc9480.CMPCertificate()))
+            spec["caPubs"] = cp
+        resp = _asn1.slot(spec, "response")
+        for r in self.responses:
+            resp.append(r.to_asn1())
+        spec["response"] = resp
+        return spec
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class IpBody(CertRepMessageBody):
+    body_type: ClassVar[BodyType] = BodyType.IP
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class CpBody(CertRepMessageBody):
+    body_type: ClassVar[BodyType] = BodyType.CP
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class KupBody(CertRepMessageBody):
+    body_type: ClassVar[BodyType] = BodyType.KUP
+
+
+@dataclasses.dataclass(frozen=True)
+class CertStatus:
+    cert_hash: bytes
+    cert_req_id: int
+    status_info: PKIStatusInfo | None = None
+    hash_alg: x509.ObjectIdentifier | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status_info is None or self.status_info.status in (PKIStatus.ACCEPTED,
+                                                                        PKIStatus.GRANTED_WITH_MODS)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class CertConfBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.CERTCONF
+    statuses: tuple[CertStatus, ...] = ()
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        out = []
+        for s in value:
+            out.append(CertStatus(
+                cert_hash=_asn1.octets(s["certHash"]),
+                cert_req_id=int(s["certReqId"]),
+                status_info=PKIStatusInfo.from_asn1(s["statusInfo"]) if _asn1.present(s, "statusInfo") else None,
+                hash_alg=x509.ObjectIdentifier(_asn1.oid_str(s["hashAlg"]["algorithm"]))
+                if _asn1.present(s, "hashAlg") else None,
+            ))
+        return _cached(cls(tuple(out)), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        for st in self.statuses:
+            s = rfc9480.CertStatus()
+            s["certHash"] = st.cert_hash
+            s["certReqId"] = st.cert_req_id
+            if st.status_info is not None:
+                s["statusInfo"] = st.status_info.to_asn1()
+            if st.hash_alg is not None:
+                ha = _asn1.slot(s, "hashAlg")
+                ha["algorithm"] = univ.ObjectIdentifier(st.hash_alg.dotted_string)
+                s["hashAlg"] = ha
+            spec.append(s)
+        return spec
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class PkiConfBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.PKICONF
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        return _cached(cls(), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        return spec.clone("")
+
+
+@dataclasses.dataclass(frozen=True)
+class RevDetails:
+    """One revocation request: the certificate (issuer + serial in the template) and reason."""
+
+    template: CertTemplate
+    reason: RevocationReason | None = None
+
+    @property
+    def serial_number(self) -> int | None:
+        return self.template.serial_number
+
+    @property
+    def issuer(self) -> x509.Name | None:
+        return self.template.issuer
+
+    @classmethod
+    def for_certificate(cls, cert: x509.Certificate, reason: RevocationReason | None = None) -> RevDetails:
+        return cls(CertTemplate(issuer=cert.issuer, serial_number=cert.serial_number), reason)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RrBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.RR
+    requests: tuple[RevDetails, ...]
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        out = []
+        if len(value) < 1:
+            raise BadDataFormat("RevReqContent must not be empty")
+        for d in value:
+            reason = None
+            if _asn1.present(d, "crlEntryDetails"):
+                for ext in d["crlEntryDetails"]:
+                    if _asn1.oid_str(ext["extnID"]) == _CRL_REASON_OID:
+                        code = _asn1.decode(_asn1.octets(ext["extnValue"]), rfc5280.CRLReason(), what="CRLReason")
+                        try:
+                            reason = RevocationReason(int(code))
+                        except ValueError:
+                            raise BadDataFormat(f"unknown CRLReason {int(code)}") from None
+                    elif bool(ext["critical"]):
+                        raise BadRequest(f"unsupported critical CRL entry extension {_asn1.oid_str(ext['extnID'])}")
+            out.append(RevDetails(CertTemplate.from_asn1(d["certDetails"]), reason))
+        return _cached(cls(tuple(out)), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        for r in self.requests:
+            d = rfc4210.RevDetails()
+            d["certDetails"] = r.template.to_asn1(rfc4211.CertTemplate())
+            if r.reason is not None:
+                exts = rfc5280.Extensions()
+                e = rfc5280.Extension()
+                e["extnID"] = univ.ObjectIdentifier(_CRL_REASON_OID)
+                e["critical"] = False
+                e["extnValue"] = univ.OctetString(_asn1.encode(rfc5280.CRLReason(int(r.reason))))
+                exts.append(e)
+                d["crlEntryDetails"] = exts
+            spec.append(d)
+        return spec
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RpBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.RP
+    statuses: tuple[PKIStatusInfo, ...]
+    rev_certs: tuple[CertId, ...] = ()
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        return _cached(cls(
+            tuple(PKIStatusInfo.from_asn1(s) for s in value["status"]),
+            tuple(CertId.from_asn1(c) for c in value["revCerts"]) if _asn1.present(value, "revCerts") else (),
+            tuple(_asn1.crl_to_x509(c) for c in value["crls"]) if _asn1.present(value, "crls") else (),
+        ), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        st = _asn1.slot(spec, "status")
+        for s in self.statuses:
+            st.append(s.to_asn1(rfc4210.PKIStatusInfo()))
+        spec["status"] = st
+        if self.rev_certs:
+            rc = _asn1.slot(spec, "revCerts")
+            for c in self.rev_certs:
+                rc.append(c.to_asn1())
+            spec["revCerts"] = rc
+        if self.crls:
+            cl = _asn1.slot(spec, "crls")
+            for crl in self.crls:
+                cl.append(_asn1.decode(crl.public_bytes(serialization.Encoding.DER), rfc5280.CertificateList(),
+                                       what="CRL"))
+            spec["crls"] = cl
+        return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class GenBody(Body):
+    items: tuple[InfoTypeAndValue, ...] = ()
+
+    def get(self, kind: InfoType) -> InfoTypeAndValue | None:
+        for i in self.items:
+            if i.info_type.dotted_string == kind.value:
+                return i
+        return None
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        return _cached(cls(tuple(InfoTypeAndValue.from_asn1(i) for i in value)), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        for i in self.items:
+            spec.append(i.to_asn1())
+        return spec
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class GenmBody(GenBody):
+    body_type: ClassVar[BodyType] = BodyType.GENM
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class GenpBody(GenBody):
+    body_type: ClassVar[BodyType] = BodyType.GENP
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class PollReqBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.POLLREQ
+    cert_req_ids: tuple[int, ...]
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        return _cached(cls(tuple(int(r["certReqId"]) for r in value)), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        for i in self.cert_req_ids:
+            r = rfc4210.PollReqContent.CertReq()
+            r["certReqId"] = i
+            spec.append(r)
+        return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class PollRepEntry:
+    cert_req_id: int
+    check_after: int
+    reason: tuple[str, ...] = ()
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class PollRepBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.POLLREP
+    entries: tuple[PollRepEntry, ...]
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        return _cached(cls(tuple(PollRepEntry(
+            int(e["certReqId"]), int(e["checkAfter"]),
+            _asn1.free_text(e["reason"]) if _asn1.present(e, "reason") else ()) for e in value)), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        for e in self.entries:
+            item = spec.componentType.clone()
+            item["certReqId"] = e.cert_req_id
+            item["checkAfter"] = e.check_after
+            if e.reason:
+                item["reason"] = _asn1.free_text_into(e.reason, _asn1.slot(item, "reason"))
+            spec.append(item)
+        return spec
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ErrorBody(Body):
+    body_type: ClassVar[BodyType] = BodyType.ERROR
+    status_info: PKIStatusInfo
+    error_code: int | None = None
+    error_details: tuple[str, ...] = ()
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> Any:
+        return _cached(cls(
+            PKIStatusInfo.from_asn1(value["pKIStatusInfo"]),
+            int(value["errorCode"]) if _asn1.present(value, "errorCode") else None,
+            _asn1.free_text(value["errorDetails"]) if _asn1.present(value, "errorDetails") else (),
+        ), value)
+
+    def content_asn1(self, spec: Any) -> Any:
+        spec["pKIStatusInfo"] = self.status_info.to_asn1()
+        if self.error_code is not None:
+            spec["errorCode"] = self.error_code
+        if self.error_details:
+            spec["errorDetails"] = _asn1.free_text_into(self.error_details, _asn1.slot(spec, "errorDetails"))
+        return spec
+
+
+# ---- the message ----------------------------------------------------------------------------
+
+_RAW_SEQUENCE = univ.SequenceOf(componentType=univ.Any())
+
+
+@dataclasses.dataclass(frozen=True)
+class PKIMessage:
+    """A CMP PKIMessage. ``protection`` is the raw BIT STRING content (MAC or signature)."""
+
+    header: PKIHeader
+    body: Body
+    protection: bytes | None = None
+    extra_certs: tuple[x509.Certificate, ...] = ()
+    _der: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _protected_part: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def body_type(self) -> BodyType:
+        return self.body.body_type
+
+    @classmethod
+    def decode(cls, der: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> PKIMessage:
+        """Parse DER bytes. Raises BadDataFormat (malformed) or BadRequest (unsupported body type)."""
+        if not isinstance(der, (bytes, bytearray, memoryview)):
+            raise TypeError("der must be bytes")
+        der = bytes(der)
+        if len(der) > max_size:
+            raise BadDataFormat(f"message of {len(der)} bytes exceeds {max_size}")
+        try:
+            return cls._decode(der)
+        except CmpError:
+            raise
+        except RecursionError:
+            raise BadDataFormat("message nested too deeply") from None
+        except Exception as exc:  # the decoder's contract: only CmpError leaves escape
+            raise BadDataFormat(f"malformed PKIMessage: {type(exc).__name__}") from None
+
+    @classmethod
+    def _decode(cls, der: bytes) -> PKIMessage:
+        value = _asn1.decode(der, rfc9480.PKIMessage(), what="PKIMessage")
+        body_name = value["body"].getName()
+        try:
+            btype = BodyType.from_asn1_name(body_name)
+        except KeyError:
+            raise BadDataFormat(f"unknown body {body_name!r}") from None
+        body_cls = BODY_TYPES.get(btype)
+        if body_cls is None:
+            raise BadRequest(f"unsupported body type {body_name}")
+        header = PKIHeader.from_asn1(value["header"])
+        body = body_cls.from_asn1(value["body"][body_name])
+        protection = _asn1.octets(value["protection"]) if _asn1.present(value, "protection") else None
+        extra = tuple(_asn1.cert_to_x509(c) for c in value["extraCerts"]) \
+            if _asn1.present(value, "extraCerts") else ()
+        msg = cls(header=header, body=body, protection=protection, extra_certs=extra)
+        raw = _asn1.decode(der, _RAW_SEQUENCE, what="PKIMessage")
+        pp = univ.SequenceOf(componentType=univ.Any())
+        pp.append(raw[0])
+        pp.append(raw[1])
+        object.__setattr__(msg, "_der", der)
+        object.__setattr__(msg, "_protected_part", _asn1.encode(pp))
+        return msg
+
+    def protected_part(self) -> bytes:
+        """DER of ProtectedPart ::= SEQUENCE {header, body} - exactly the received bytes if decoded."""
+        if self._protected_part is not None:
+            return self._protected_part
+        pp = rfc9480.ProtectedPart()
+        pp["header"] = self.header.to_asn1()
+        pp["body"] = self.body.to_asn1()
+        return _asn1.encode(pp)
+
+    def to_asn1(self) -> Any:
+        if self._der is not None:
+            return _asn1.decode(self._der, rfc9480.PKIMessage(), what="PKIMessage")
+        m = rfc9480.PKIMessage()
+        m["header"] = self.header.to_asn1()
+        m["body"] = self.body.to_asn1()
+        if self.protection is not None:
+            m["protection"] = _asn1.slot(m, "protection").clone(
+                univ.BitString.fromOctetString(self.protection))
+        if self.extra_certs:
+            ec = _asn1.slot(m, "extraCerts")
+            for c in self.extra_certs:
+                ec.append(_asn1.cert_from_x509(c, rfc9480.CMPCertificate()))
+            m["extraCerts"] = ec
+        return m
+
+    def encode(self) -> bytes:
+        if self._der is not None:
+            return self._der
+        return _asn1.encode(self.to_asn1())
+
+    def replace(self, **changes: Any) -> PKIMessage:
+        """A copy with changed fields (encoded from the typed fields, not the received bytes)."""
+        return dataclasses.replace(self, **changes)
+
+
+def decode_header_lenient(der: bytes) -> PKIHeader | None:
+    """Best-effort header of a message that failed to decode (to echo nonces in an error reply)."""
+    try:
+        if len(der) > MAX_MESSAGE_SIZE:
+            return None
+        raw = _asn1.decode(der, _RAW_SEQUENCE, what="PKIMessage")
+        return PKIHeader.from_asn1(_asn1.decode(bytes(raw[0]), rfc9480.PKIHeader(), what="PKIHeader"))
+    except Exception:
+        return None
+
+
+def decode_message(der: bytes) -> PKIMessage:
+    return PKIMessage.decode(der)
+
+
+BodyFactory = Callable[[Any], Body]

@@ -1,0 +1,152 @@
+"""PKIMessage protection: PasswordBasedMac (RFC 4210 §5.1.3.1) and signatures (§5.1.3.3).
+
+Protection is computed over DER(ProtectedPart{header, body}); for a decoded message that is the
+exact bytes received. Protecting returns a new message whose header carries protectionAlg (and
+senderKID) before the protection is computed, as the RFC requires.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import hmac
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from .algorithms import (
+    DEFAULT_PBM_ITERATIONS,
+    MAX_PBM_ITERATIONS,
+    MIN_PBM_ITERATIONS,
+    PBMParameters,
+    SignatureAlgorithmId,
+    UnknownAlgorithm,
+)
+from .enums import HashAlgorithm, MacAlgorithm
+from .errors import BadAlg, BadMessageCheck, WrongIntegrity
+from .messages import PKIMessage
+
+_HASHLIB = {
+    HashAlgorithm.SHA1: "sha1",
+    HashAlgorithm.SHA224: "sha224",
+    HashAlgorithm.SHA256: "sha256",
+    HashAlgorithm.SHA384: "sha384",
+    HashAlgorithm.SHA512: "sha512",
+}
+
+
+class ProtectionKind(enum.Enum):
+    NONE = "none"
+    MAC = "mac"
+    SIGNATURE = "signature"
+    UNSUPPORTED = "unsupported"
+
+
+def protection_kind(msg: PKIMessage) -> ProtectionKind:
+    alg = msg.header.protection_alg
+    if alg is None or msg.protection is None:
+        return ProtectionKind.NONE
+    if isinstance(alg, PBMParameters):
+        return ProtectionKind.MAC
+    if isinstance(alg, SignatureAlgorithmId):
+        return ProtectionKind.SIGNATURE
+    return ProtectionKind.UNSUPPORTED
+
+
+def pbm_mac(secret: bytes, params: PBMParameters, data: bytes) -> bytes:
+    """BASEKEY = OWF^iterationCount(secret || salt); MAC = HMAC-<mac>(BASEKEY, data)."""
+    owf = _HASHLIB[params.owf]
+    key = hashlib.new(owf, secret + params.salt).digest()
+    for _ in range(params.iteration_count - 1):
+        key = hashlib.new(owf, key).digest()
+    return hmac.new(key, data, _HASHLIB[params.mac.hash_algorithm]).digest()
+
+
+def protect_with_pbm(msg: PKIMessage, secret: bytes, *, sender_kid: bytes | None = None,
+                     owf: HashAlgorithm = HashAlgorithm.SHA256, mac: MacAlgorithm = MacAlgorithm.HMAC_SHA256,
+                     iteration_count: int = DEFAULT_PBM_ITERATIONS, salt: bytes | None = None) -> PKIMessage:
+    """Return ``msg`` MAC-protected with a shared secret; a fresh 16-byte salt unless given.
+
+    ``sender_kid`` (the reference value the peer knows the secret by) replaces the header's.
+    """
+    if not isinstance(secret, bytes):
+        raise TypeError("secret must be bytes")
+    params = PBMParameters(salt=os.urandom(16) if salt is None else salt, owf=owf,
+                           iteration_count=iteration_count, mac=mac)
+    header = msg.header
+    header = dataclasses.replace(header, protection_alg=params,
+                             sender_kid=sender_kid if sender_kid is not None else header.sender_kid)
+    unprotected = PKIMessage(header=header, body=msg.body, extra_certs=msg.extra_certs)
+    return PKIMessage(header=header, body=msg.body, extra_certs=msg.extra_certs,
+                      protection=pbm_mac(secret, params, unprotected.protected_part()))
+
+
+def verify_pbm(msg: PKIMessage, secret: bytes, *, max_iterations: int = MAX_PBM_ITERATIONS,
+               min_iterations: int = MIN_PBM_ITERATIONS) -> None:
+    """Check a PBM-protected message. Raises BadMessageCheck / WrongIntegrity / BadAlg."""
+    alg = msg.header.protection_alg
+    if alg is None or msg.protection is None:
+        raise BadMessageCheck("message is not protected")
+    if isinstance(alg, UnknownAlgorithm):
+        raise BadAlg(f"{alg.reason} ({alg.oid})")
+    if not isinstance(alg, PBMParameters):
+        raise WrongIntegrity("message is signature-protected, a MAC was expected")
+    if alg.iteration_count > max_iterations:
+        raise BadAlg(f"PBM iterationCount {alg.iteration_count} exceeds {max_iterations}")
+    if alg.iteration_count < min_iterations:
+        raise BadAlg(f"PBM iterationCount {alg.iteration_count} is below {min_iterations}")
+    expected = pbm_mac(secret, alg, msg.protected_part())
+    if not hmac.compare_digest(expected, msg.protection):
+        raise BadMessageCheck("MAC-based protection does not verify")
+
+
+def subject_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def protect_with_signature(msg: PKIMessage, key: PrivateKeyTypes, *, cert: x509.Certificate,
+                           chain: tuple[x509.Certificate, ...] = (), hash_alg: HashAlgorithm | None = None,
+                           rsa_pss: bool = False) -> PKIMessage:
+    """Return ``msg`` signed with ``key`` (only ``key.sign`` is called: HSM keys work).
+
+    The protection certificate goes first in extraCerts, followed by ``chain`` (RFC 9483 §3.3);
+    senderKID becomes the certificate's SubjectKeyIdentifier when it has one.
+    """
+    alg = SignatureAlgorithmId.for_key(key, hash_alg=hash_alg, rsa_pss=rsa_pss)
+    pub = key.public_key()
+    if pub != cert.public_key():
+        raise ValueError("key does not match the protection certificate")
+    header = dataclasses.replace(msg.header, protection_alg=alg, sender_kid=subject_key_id(cert))
+    extra = (cert, *[c for c in chain if c != cert])
+    unprotected = PKIMessage(header=header, body=msg.body, extra_certs=extra)
+    signature = alg.sign(key, unprotected.protected_part())
+    return PKIMessage(header=header, body=msg.body, extra_certs=extra, protection=signature)
+
+
+def verify_signature(msg: PKIMessage, cert: x509.Certificate) -> None:
+    """Check a signature-protected message against ``cert``'s public key (no path validation)."""
+    alg = msg.header.protection_alg
+    if alg is None or msg.protection is None:
+        raise BadMessageCheck("message is not protected")
+    if isinstance(alg, UnknownAlgorithm):
+        raise BadAlg(f"{alg.reason} ({alg.oid})")
+    if not isinstance(alg, SignatureAlgorithmId):
+        raise WrongIntegrity("message is MAC-protected, a signature was expected")
+    if not alg.verify(cert.public_key(), msg.protection, msg.protected_part()):
+        raise BadMessageCheck("signature-based protection does not verify")
+
+
+def protection_certificate(msg: PKIMessage) -> x509.Certificate | None:
+    """The signer's certificate as the sender supplied it: the first extraCerts entry (RFC 9483 §3.3)
+    unless senderKID names another extraCerts entry by its SubjectKeyIdentifier."""
+    kid = msg.header.sender_kid
+    if kid is not None:
+        for c in msg.extra_certs:
+            if subject_key_id(c) == kid:
+                return c
+    return msg.extra_certs[0] if msg.extra_certs else None
+
