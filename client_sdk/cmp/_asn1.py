@@ -7,6 +7,7 @@ because cryptography has no public parser for a bare Name or Extensions).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from cryptography import x509
@@ -134,7 +135,7 @@ def extensions_to_x509(value: Any) -> x509.Extensions:
         raise BadDataFormat(f"malformed or duplicate extensions: {type(exc).__name__}") from None
 
 
-def extensions_from_x509(exts: x509.Extensions, spec: Any = None) -> Any:
+def extensions_from_x509(exts: Iterable[x509.Extension[x509.ExtensionType]], spec: Any = None) -> Any:
     out = rfc5280.Extensions() if spec is None else spec.clone()
     for ext in exts:
         e = rfc5280.Extension()

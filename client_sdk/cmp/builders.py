@@ -126,8 +126,7 @@ def cert_request(key: PrivateKeyTypes | PublicKeyTypes, *, subject: x509.Name | 
     public key the request carries no POP (an RA adds raVerified). ``old_cert`` adds the oldCertID
     control (kur)."""
     public = key.public_key() if hasattr(key, "sign") else key  # type: ignore[union-attr]
-    exts = x509.Extensions(list(extensions)) if extensions is not None else None
-    tpl = CertTemplate(subject=subject, public_key=public, extensions=exts if exts and len(exts) else None,
+    tpl = CertTemplate(subject=subject, public_key=public, extensions=tuple(extensions or ()),
                        not_before=not_before, not_after=not_after, issuer=issuer)
     controls = (Control.old_cert_id(CertId.for_certificate(old_cert)),) if old_cert is not None else ()
     req = CertReqMsg(cert_req_id=cert_req_id, template=tpl, controls=controls)
@@ -152,7 +151,7 @@ def cert_conf_body(cert: x509.Certificate, *, cert_req_id: int = 0, accept: bool
     if accept:
         status = PKIStatusInfo.accepted(*([reason] if reason else []))
     else:
-        status = PKIStatusInfo.rejection(failure or FailureInfo.BAD_CERT_TEMPLATE, *([reason] if reason else []))
+        status = PKIStatusInfo.rejection(FailureInfo.BAD_CERT_TEMPLATE if failure is None else failure, *([reason] if reason else []))
     return CertConfBody((CertStatus(cert_hash(cert), cert_req_id, status),))
 
 

@@ -28,6 +28,8 @@ from .algorithms import ProtectionAlgorithm, algorithm_from_asn1, algorithm_to_a
 from .enums import BodyType, FailureInfo, InfoType, PKIStatus, PopKind, RevocationReason
 from .errors import BadDataFormat, BadRequest, CmpError
 
+E = TypeVar("E", bound=x509.ExtensionType)
+
 #: Messages larger than this are refused before parsing (pyasn1 is slow; bounded work per request).
 MAX_MESSAGE_SIZE: Final = 1 << 20
 
@@ -62,7 +64,7 @@ class PKIStatusInfo:
 
     @classmethod
     def from_error(cls, error: CmpError) -> PKIStatusInfo:
-        return cls.rejection(error.failure or FailureInfo.SYSTEM_FAILURE, error.detail)
+        return cls.rejection(error.failure if error.failure is not None else FailureInfo.SYSTEM_FAILURE, error.detail)
 
     @classmethod
     def from_asn1(cls, value: Any) -> PKIStatusInfo:
@@ -283,12 +285,19 @@ class CertTemplate:
 
     subject: x509.Name | None = None
     public_key: PublicKeyTypes | None = None
-    extensions: x509.Extensions | None = None
+    extensions: tuple[x509.Extension[x509.ExtensionType], ...] = ()
     not_before: _dt.datetime | None = None
     not_after: _dt.datetime | None = None
     issuer: x509.Name | None = None
     serial_number: int | None = None
     version: int | None = None
+
+    def extension(self, ext_type: type[E]) -> E | None:
+        """The value of the requested extension of ``ext_type``, or None."""
+        for ext in self.extensions:
+            if isinstance(ext.value, ext_type):
+                return ext.value
+        return None
 
     @classmethod
     def from_asn1(cls, value: Any) -> CertTemplate:
@@ -303,7 +312,7 @@ class CertTemplate:
         tpl = cls(
             subject=_asn1.name_to_x509(value["subject"]) if p(value, "subject") else None,
             public_key=_asn1.spki_to_key(value["publicKey"]) if p(value, "publicKey") else None,
-            extensions=_asn1.extensions_to_x509(value["extensions"]) if p(value, "extensions") else None,
+            extensions=tuple(_asn1.extensions_to_x509(value["extensions"])) if p(value, "extensions") else (),
             not_before=nb,
             not_after=na,
             issuer=_asn1.name_to_x509(value["issuer"]) if p(value, "issuer") else None,
@@ -334,7 +343,7 @@ class CertTemplate:
             out["subject"] = _asn1.name_from_x509(self.subject, _asn1.slot(out, "subject"))
         if self.public_key is not None:
             out["publicKey"] = _asn1.key_to_spki(self.public_key, _asn1.slot(out, "publicKey"))
-        if self.extensions is not None and len(self.extensions):
+        if self.extensions:
             out["extensions"] = _asn1.extensions_from_x509(self.extensions, _asn1.slot(out, "extensions"))
         return out
 
@@ -419,13 +428,12 @@ class CertReqMsg:
         cr["certReqId"] = self.cert_req_id
         cr["certTemplate"] = self.template.to_asn1(rfc4211.CertTemplate())
         if self.controls:
-            ctl = _asn1.slot(cr, "controls")
+            ctl = cr["controls"]  # filled in place: rfc4211.Controls' sizeSpec defeats re-assignment
             for c in self.controls:
                 a = rfc4211.AttributeTypeAndValue()
                 a["type"] = univ.ObjectIdentifier(c.type.dotted_string)
                 a["value"] = univ.Any(c.value)
                 ctl.append(a)
-            cr["controls"] = ctl
         return cr
 
     @property
