@@ -275,7 +275,7 @@ class _PcrChanged(PolicyMismatch):
 def _rc_error(rc: int) -> int:
     """The TPM error number of a TPM-layer rc, without handle/session/parameter bits."""
     if rc & TPM2_RC.FMT1:
-        return TPM2_RC.FMT1 + (rc & 0x3F)
+        return int(TPM2_RC.FMT1) + (rc & 0x3F)
     return rc & 0xFFF
 
 

@@ -240,6 +240,7 @@ def test_pcr_bound_sealed_pin_becomes_unavailable_after_the_pcr_changes(swtpm: t
 def test_sealed_pin_survives_a_tpm_restart(swtpm_state: Path, tmp_path: Path) -> None:
     with tpmsim.swtpm(state_dir=swtpm_state) as first:
         source, _ = provision_pin(tmp_path, first.tcti, "sha256:7")
+        assert isinstance(source, TpmSealedPin)
         pin = source.get_pin()
     with tpmsim.swtpm(state_dir=swtpm_state) as second:
         # the port differs after a restart; the blob does not care
