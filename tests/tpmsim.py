@@ -28,8 +28,11 @@ Contract:
   holds the swtpm connection), then ``TPM2_Shutdown(CLEAR)`` straight to swtpm — an orderly
   shutdown, so restarts on the same state never count as DA failures — then swtpm, then
   dbus-daemon. Each step runs even if an earlier one failed.
-* An ``atexit`` hook kills whatever is still registered in :func:`live_processes` as a last
-  resort (e.g. a generator that was never closed), so a test run leaves no processes behind.
+* Last resorts so a test run leaves no processes behind: an ``atexit`` hook kills whatever is
+  still registered in :func:`live_processes` (e.g. a generator that was never closed), and on
+  Linux every child gets ``PR_SET_PDEATHSIG(SIGKILL)``, so even a SIGKILLed pytest takes its
+  simulators with it (start them from the main thread: the signal fires when the *thread* that
+  forked them exits).
 * PCRs reset at every start (``--flags startup-clear``): seal against values you can reproduce.
 * Raw swtpm has 3 transient object slots and no resource manager: flush what you load, or use
   :func:`abrmd`. :func:`flush_transients` clears the slots after a crashed test.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -45,6 +49,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -84,11 +89,22 @@ def live_processes() -> list[int]:
         return [pid for pid, p in _live.items() if p.poll() is None]
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # PR_SET_PDEATHSIG(SIGKILL): if pytest itself is killed (SIGKILL/SIGTERM, no finally, no atexit),
+    # the kernel still kills the simulator. Linux only; elsewhere this is a no-op.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _spawn(argv: list[str], *, env: Mapping[str, str] | None, log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None, start_new_session=True, close_fds=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     with _live_lock:
         _live[proc.pid] = proc
