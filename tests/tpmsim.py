@@ -33,6 +33,12 @@ Contract:
   Linux every child gets ``PR_SET_PDEATHSIG(SIGKILL)``, so even a SIGKILLed pytest takes its
   simulators with it (start them from the main thread: the signal fires when the *thread* that
   forked them exits).
+* In-process ``tabrmd`` TCTIs (tpm2-pytss, a loaded libtpm2_pkcs11.so) connect through GLib's
+  per-process session-bus singleton, read from ``DBUS_SESSION_BUS_ADDRESS`` at first use. If a
+  connection outlives its bus (a failed connect, or a PKCS#11 module that keeps its context), a
+  later *different* private bus cannot be reached from the same process: share one
+  :func:`abrmd` per test session for in-process use (tests/hsm/conftest.py ``tpm_abrmd``).
+  Subprocesses (tpm2-tools, tpm2_ptool) are unaffected: pass them :attr:`Abrmd.env`.
 * PCRs reset at every start (``--flags startup-clear``): seal against values you can reproduce.
 * Raw swtpm has 3 transient object slots and no resource manager: flush what you load, or use
   :func:`abrmd`. :func:`flush_transients` clears the slots after a crashed test.
