@@ -174,7 +174,9 @@ def general_name_from_x509(gn: x509.GeneralName, spec: Any = None) -> Any:
 
 def cert_to_x509(value: Any) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(encode(retag(value, rfc5280.Certificate())))
+        cert = x509.load_der_x509_certificate(encode(retag(value, rfc5280.Certificate())))
+        cert.subject, cert.issuer, cert.extensions  # noqa: B018 - parse lazily-decoded parts now
+        return cert
     except CmpError:
         raise
     except Exception as exc:

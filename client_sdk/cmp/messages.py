@@ -959,6 +959,11 @@ class PKIMessage:
 
     @classmethod
     def _decode(cls, der: bytes) -> PKIMessage:
+        # Cheap structural pass first: pyasn1 formats the whole schema into its error messages, so
+        # garbage is rejected here before the (expensive to fail) typed decode.
+        raw = _asn1.decode(der, _RAW_SEQUENCE, what="PKIMessage")
+        if not 2 <= len(raw) <= 4:
+            raise BadDataFormat("PKIMessage must have 2 to 4 components")
         value = _asn1.decode(der, rfc9480.PKIMessage(), what="PKIMessage")
         body_name = value["body"].getName()
         try:
@@ -974,7 +979,6 @@ class PKIMessage:
         extra = tuple(_asn1.cert_to_x509(c) for c in value["extraCerts"]) \
             if _asn1.present(value, "extraCerts") else ()
         msg = cls(header=header, body=body, protection=protection, extra_certs=extra)
-        raw = _asn1.decode(der, _RAW_SEQUENCE, what="PKIMessage")
         pp = univ.SequenceOf(componentType=univ.Any())
         pp.append(raw[0])
         pp.append(raw[1])

@@ -13,6 +13,7 @@ import hmac
 import os
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from .algorithms import (
@@ -136,7 +137,11 @@ def verify_signature(msg: PKIMessage, cert: x509.Certificate) -> None:
         raise BadAlg(f"{alg.reason} ({alg.oid})")
     if not isinstance(alg, SignatureAlgorithmId):
         raise WrongIntegrity("message is MAC-protected, a signature was expected")
-    if not alg.verify(cert.public_key(), msg.protection, msg.protected_part()):
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise BadAlg("the signer certificate's public key is unusable") from None
+    if not alg.verify(key, msg.protection, msg.protected_part()):
         raise BadMessageCheck("signature-based protection does not verify")
 
 

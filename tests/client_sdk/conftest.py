@@ -14,7 +14,7 @@ from .cmptools import TestPki, name, openssl_cmp
 SECRET = b"s3cr3t"
 
 
-@dataclass
+@dataclass(repr=False)
 class Captured:
     dir: Path
     pki: TestPki
@@ -25,6 +25,9 @@ class Captured:
     new_key: object
     new_cert: x509.Certificate
     messages: dict[str, list[bytes]]  # name -> [req0, rsp0, req1, rsp1, ...]
+
+    def __repr__(self) -> str:
+        return f"Captured({self.dir})"
 
     def req(self, run: str, i: int = 0) -> bytes:
         return self.messages[run][2 * i]
