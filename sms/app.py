@@ -24,6 +24,8 @@ FEATURES: list[tuple[str, tuple[str, ...]]] = [
     ("sms.health", ("blp",)),
     ("sms.auth.views", ("tokens", "policies")),
     ("sms.audit.views", ("blp",)),
+    ("sms.secrets.views", ("blp",)),
+    ("sms.secrets.onap", ("blp",)),
 ]
 
 

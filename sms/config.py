@@ -53,6 +53,16 @@ class Settings:
     token_max_ttl: int = _s(86400 * 32, "Maximum lifetime of a token including renewals, in seconds.", kind=int)
     log_level: str = _s("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     onap_compat_errors: bool = _s(True, "ONAP SMS routes answer 500 where ONAP's clients expect it (instead of 404/409).", kind=bool)
+    # ---- secrets feature ----
+    secrets_backend: str = _s("sql", "Where sealed secrets live: sql (the database above) or vault (an OpenBao/Vault KV v2 mount).", choices=("sql", "vault"))
+    secrets_max_versions: int = _s(10, "Versions kept per secret unless the secret or its domain says otherwise (1-100).", kind=int)
+    secrets_ref_ttl_max: int = _s(3600, "Longest lifetime of a one-time secret reference, in seconds.", kind=int)
+    vault_addr: str = _s("", "OpenBao/Vault address for secrets_backend=vault, e.g. https://127.0.0.1:8200.")
+    vault_mount: str = _s("csm", "KV v2 mount that holds csm's sealed secrets (created if missing).")
+    vault_token_source: str = _s("", "Where the OpenBao/Vault token comes from: env:VAR or file:PATH (never the token itself).")
+    vault_ca_cert: str = _s("", "CA bundle to verify OpenBao/Vault's TLS certificate; empty = system trust.")
+    onap_anonymous_policies: str = _s("", "Comma-separated policies granted to callers of the ONAP /v1/sms routes that present no token or client certificate; empty = refuse them (401).")
+    client_cert_rules: str = _s("", "JSON file mapping client-certificate subjects/SANs to policies (needs --server gunicorn and --tls-client-ca).")
 
     # ---- derived paths -------------------------------------------------------------
     @property

@@ -1,0 +1,1 @@
+"""SecretStore implementations: ``sql`` (SQLite/PostgreSQL, the default) and ``vault`` (OpenBao/Vault KV v2)."""
