@@ -115,13 +115,15 @@ def protect_with_signature(msg: PKIMessage, key: PrivateKeyTypes, *, cert: x509.
     """Return ``msg`` signed with ``key`` (only ``key.sign`` is called: HSM keys work).
 
     The protection certificate goes first in extraCerts, followed by ``chain`` (RFC 9483 §3.3);
-    senderKID becomes the certificate's SubjectKeyIdentifier when it has one.
+    senderKID becomes the certificate's SubjectKeyIdentifier when it has one and sender its subject
+    (RFC 9483 §3.1: the sender of a signed message is the protection certificate's subject).
     """
     alg = SignatureAlgorithmId.for_key(key, hash_alg=hash_alg, rsa_pss=rsa_pss)
     pub = key.public_key()
     if pub != cert.public_key():
         raise ValueError("key does not match the protection certificate")
-    header = dataclasses.replace(msg.header, protection_alg=alg, sender_kid=subject_key_id(cert))
+    header = dataclasses.replace(msg.header, protection_alg=alg, sender_kid=subject_key_id(cert),
+                                 sender=x509.DirectoryName(cert.subject))
     extra = (cert, *[c for c in chain if c != cert])
     unprotected = PKIMessage(header=header, body=msg.body, extra_certs=extra)
     signature = alg.sign(key, unprotected.protected_part())
