@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .client import CsmClient
+from .cmp import CmpClient, CmpError
 from .errors import CsmApiError
 
-__all__ = ["CsmApiError", "CsmClient"]
+__all__ = ["CmpClient", "CmpError", "CsmApiError", "CsmClient"]
