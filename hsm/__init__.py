@@ -10,6 +10,7 @@ from .errors import (
     DuplicateLabel,
     HsmError,
     InvalidKeyMaterial,
+    KeyNotExtractable,
     KeyNotFound,
     MechanismUnsupported,
     PolicyMismatch,
@@ -20,11 +21,13 @@ from .errors import (
     WrongKeyType,
     WrongPin,
 )
+from .keys import HsmECPrivateKey, HsmRSAPrivateKey
+from .keystore import KeyStore, LockMode, TokenStatus
 from .types import HashAlg, KeyInfo, KeyType, SignatureScheme, TokenConfig
 
 __all__ = [
-    "DecryptionFailed", "DuplicateLabel", "HashAlg", "HsmError", "InvalidKeyMaterial", "KeyInfo",
-    "KeyNotFound", "KeyType", "MechanismUnsupported", "PolicyMismatch", "SealError",
-    "SignatureScheme", "TokenConfig", "TokenNotInitialized", "TokenUnavailable", "TpmUnavailable",
-    "WrongKeyType", "WrongPin",
+    "DecryptionFailed", "DuplicateLabel", "HashAlg", "HsmECPrivateKey", "HsmError", "HsmRSAPrivateKey",
+    "InvalidKeyMaterial", "KeyInfo", "KeyNotExtractable", "KeyNotFound", "KeyStore", "KeyType", "LockMode",
+    "MechanismUnsupported", "PolicyMismatch", "SealError", "SignatureScheme", "TokenConfig",
+    "TokenNotInitialized", "TokenStatus", "TokenUnavailable", "TpmUnavailable", "WrongKeyType", "WrongPin",
 ]

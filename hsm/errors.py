@@ -53,6 +53,10 @@ class WrongKeyType(HsmError):
     """The key exists but cannot perform this operation (e.g. signing with an AES key)."""
 
 
+class KeyNotExtractable(WrongKeyType):
+    """The key's material cannot leave the token (not even wrapped), or a private-key export was asked for."""
+
+
 class SealError(HsmError):
     """TPM sealing or unsealing failed (including a PCR policy mismatch)."""
 
