@@ -457,34 +457,48 @@ class TokenConn:
         self.login = None
         self.token = None
 
-    def connect(self) -> None:
-        """Find the token and log in (one login per process). Caller holds ``state_lock``."""
+    def connect(self, rescan: bool = True) -> None:
+        """Find the token and log in (one login per process). Caller holds ``state_lock``.
+
+        A module may list only the tokens that existed at ``C_Initialize`` (SoftHSM does), so a
+        token created since is looked for once more after re-initialising the module."""
         module = self.module
-        with module.calling():
-            generation = module.generation
-            try:
-                token = find_token(module.lib, self.label)
-                if token is None:
-                    if self.ever_opened:
-                        raise TokenUnavailable(f"token {self.label!r} is not present")
-                    raise TokenNotInitialized(f"no token labelled {self.label!r} in {module.path}")
+        for _ in range(4):
+            with module.calling():
+                generation = module.generation
                 try:
-                    login = token.open(rw=True, user_pin=self._pin)
-                except px.UserAlreadyLoggedIn:
-                    # Another user of the module in this process logged in already.
-                    login = token.open(rw=True)
-            except px.PKCS11Error as exc:
-                raise map_error(exc, f"opening token {self.label!r}") from None
-        with module.lock:
-            if module.generation != generation:  # re-initialised meanwhile: try again later
-                raise TokenUnavailable(f"token {self.label!r}: the module was re-initialised meanwhile")
-            self.token, self.login, self.generation = token, login, generation
-            self.idle.clear()
-            self.nopen = 0
-            self.ever_opened = True
-            self.broken = False
-            self.broken_reason = ""
-            self.backoff = self.backoff_min
+                    token = find_token(module.lib, self.label)
+                    login = None if token is None else self._login(token)
+                except px.PKCS11Error as exc:
+                    raise map_error(exc, f"opening token {self.label!r}") from None
+            if token is None:
+                if rescan:
+                    rescan = False
+                    with module.exclusive():
+                        module.reinitialize()
+                    continue
+                if self.ever_opened:
+                    raise TokenUnavailable(f"token {self.label!r} is not present")
+                raise TokenNotInitialized(f"no token labelled {self.label!r} in {module.path}")
+            with module.lock:
+                if module.generation != generation:
+                    continue  # re-initialised meanwhile (another token recovering): log in again
+                self.token, self.login, self.generation = token, login, generation
+                self.idle.clear()
+                self.nopen = 0
+                self.ever_opened = True
+                self.broken = False
+                self.broken_reason = ""
+                self.backoff = self.backoff_min
+                return
+        raise TokenUnavailable(f"token {self.label!r}: the module kept being re-initialised")
+
+    def _login(self, token: Any) -> Any:
+        try:
+            return token.open(rw=True, user_pin=self._pin)
+        except px.UserAlreadyLoggedIn:
+            # Another user of the module in this process logged in already.
+            return token.open(rw=True)
 
     def ensure(self) -> None:
         """Slow path of :meth:`checkout`: connect, reconnect after a re-initialisation, or recover."""
@@ -504,7 +518,7 @@ class TokenConn:
         try:
             with self.module.exclusive():
                 self.module.reinitialize()
-            self.connect()
+            self.connect(rescan=False)
         except (TokenUnavailable, TokenNotInitialized) as exc:
             self.next_attempt = time.monotonic() + self.backoff
             self.backoff = min(self.backoff * 2, self.backoff_max)
