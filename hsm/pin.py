@@ -165,7 +165,7 @@ class FilePin:
         return pin
 
     def describe(self) -> str:
-        return f"stored in plain text in {self.path} (owner-only file)"
+        return f"stored in plain text in {self.path}"
 
     def spec(self) -> str:
         return f"file:{self.path.absolute()}"

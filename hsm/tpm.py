@@ -12,8 +12,9 @@ Contract::
   from a fixed template on every call (``PRIMARY_TEMPLATES``), so nothing persists in the TPM
   and a blob stays usable for as long as the owner hierarchy's seed is unchanged (until
   ``tpm2_clear``). Only this TPM can load the blob.
-* ``pcrs`` given: the object is *policy-only* (no ``userWithAuth``) with ``PolicyPCR`` bound to
-  the values the selected PCRs have at sealing time; unsealing while any of them differs raises
+* ``pcrs`` given: the object is *policy-only* (no ``userWithAuth``; ``adminWithPolicy``) with
+  ``PolicyPCR`` bound to the values the selected PCRs have at sealing time; unsealing while any
+  of them differs raises
   :class:`~hsm.errors.PolicyMismatch`. Selected banks must be allocated in the TPM (a policy
   over an unallocated bank would bind nothing, so :meth:`TpmSealer.seal` refuses it).
   ``pcrs=None``: the object has an empty authValue and ``userWithAuth``; anyone who can talk to
@@ -351,7 +352,9 @@ class TpmSealer:
                 self._require_allocated(ectx, canonical)
             with self._primary_key(ectx, self._primary) as primary:
                 policy = self._pcr_policy_digest(ectx, canonical) if canonical is not None else TPM2B_DIGEST()
-                attrs = _SEALED_ATTRS if canonical is not None else _SEALED_ATTRS | TPMA_OBJECT.USERWITHAUTH
+                # PCR-bound: user *and* admin role need the policy (no authValue path at all).
+                attrs = (_SEALED_ATTRS | TPMA_OBJECT.ADMINWITHPOLICY if canonical is not None
+                         else _SEALED_ATTRS | TPMA_OBJECT.USERWITHAUTH)
                 template = TPM2B_PUBLIC(TPMT_PUBLIC(
                     type=TPM2_ALG.KEYEDHASH, nameAlg=TPM2_ALG.SHA256, authPolicy=policy, objectAttributes=attrs,
                     parameters=TPMU_PUBLIC_PARMS(keyedHashDetail=TPMS_KEYEDHASH_PARMS(
