@@ -346,5 +346,10 @@ def config_table() -> None:
     click.echo(settings_table_markdown())
 
 
+from .secrets.cli import build_group as _secrets_group  # noqa: E402 - feature verbs register after main exists
+
+main.add_command(_secrets_group(sys.modules[__name__]))
+
+
 if __name__ == "__main__":
     main()

@@ -145,6 +145,9 @@ class CountsSchema(ma.Schema):
     domains_created = fields.Integer()
     secrets_restored = fields.Integer()
     secrets_skipped = fields.Integer()
+    secrets_created = fields.Integer()
+    secrets_updated = fields.Integer()
+    secrets_unchanged = fields.Integer()
 
 
 class ExportSchema(ma.Schema):

@@ -314,6 +314,36 @@ class RedeemReference(MethodView):
 
 
 # ---- administration ----------------------------------------------------------------
+@blp.route("/sys/secrets/import")
+class ImportPreload(MethodView):
+    @blp.response(200, sch.CountsSchema)
+    @blp.doc(requestBody={"content": {"application/json": {"example": {
+        "domains": [{"name": "onap", "secrets": [{"name": "db", "values": {"user": "u", "password": "p"}}]}]}}}})
+    @guard(None, "secrets", action="secrets.import")
+    def post(self) -> dict[str, Any]:
+        """Import an ONAP SMS preload document (idempotent). Each domain and secret is checked against
+        the caller's policies (create / read / update)."""
+        from ..errors import PermissionDenied
+        from .preload import import_preload
+
+        ident = current_identity()
+        assert ident is not None
+
+        def allow(path: str, cap: str) -> None:
+            if not ident.can(path, Capability(cap)):
+                raise PermissionDenied(f"{cap} on {path} is not allowed for this caller")
+
+        try:
+            doc = request.get_json(force=True)
+        except RecursionError:
+            raise InvalidValues("the JSON body is nested too deeply") from None
+        except Exception:  # noqa: BLE001 - werkzeug's BadRequest for undecodable JSON
+            raise InvalidValues("the body is not valid JSON") from None
+        counts = import_preload(svc(), doc, allow)
+        g.audit_detail = counts
+        return counts
+
+
 @blp.route("/sys/secrets/rotate-master")
 class RotateMaster(MethodView):
     @blp.response(200, sch.CountsSchema)
