@@ -425,7 +425,10 @@ class TokenConn:
         self.meta: dict[str, Any] = {}
         self._epoch_counter = 0
         self.state_lock = threading.Lock()
-        self.label_locks = tuple(threading.Lock() for _ in range(32))
+        # Serialises C_FindObjects* with creating/destroying token objects in this process:
+        # SoftHSM 2.6 fails object creation (CKR_GENERAL_ERROR) when another thread searches the
+        # same token at the same time. Hot paths (cached handles) never take it.
+        self.object_lock = threading.RLock()
         self.broken = False
         self.broken_reason = ""
         self.next_attempt = 0.0
@@ -436,9 +439,6 @@ class TokenConn:
     # -- identity --------------------------------------------------------------------------------
     def pin_matches(self, pin: str) -> bool:
         return hmac.compare_digest(self._pin.encode(), pin.encode())
-
-    def label_lock(self, label: str) -> threading.Lock:
-        return self.label_locks[hash(label) % len(self.label_locks)]
 
     def bump_epoch(self, label: str) -> None:
         """Invalidate every cached key object and metadata of ``label`` (create/destroy)."""
@@ -463,7 +463,8 @@ class TokenConn:
         A module may list only the tokens that existed at ``C_Initialize`` (SoftHSM does), so a
         token created since is looked for once more after re-initialising the module."""
         module = self.module
-        for _ in range(4):
+        rescans = 3 if rescan else 0
+        for _ in range(4 + rescans):
             with module.calling():
                 generation = module.generation
                 try:
@@ -472,10 +473,13 @@ class TokenConn:
                 except px.PKCS11Error as exc:
                     raise map_error(exc, f"opening token {self.label!r}") from None
             if token is None:
-                if rescan:
-                    rescan = False
+                if rescans:
+                    # Not listed: created after C_Initialize, or unreadable at that moment
+                    # because another process was writing it. Re-scan, pausing a little.
+                    rescans -= 1
                     with module.exclusive():
                         module.reinitialize()
+                    time.sleep(0.01 * (3 - rescans))
                     continue
                 if self.ever_opened:
                     raise TokenUnavailable(f"token {self.label!r} is not present")

@@ -243,6 +243,20 @@ def _is_key(obj: Any) -> bool:
     return isinstance(obj, (pkcs11.PrivateKey, pkcs11.SecretKey))
 
 
+def _find(session: Any, template: dict[Attribute, Any]) -> list[Any]:
+    """C_FindObjects* (caller holds ``conn.object_lock``). An object that another process destroys
+    between being found and being described makes python-pkcs11 raise a stale-handle error:
+    search again, a few times."""
+    for attempt in range(5):
+        try:
+            return list(session.get_objects(template))
+        except STALE_HANDLE:
+            if attempt == 4:
+                raise
+            time.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _restore(config: TokenConfig, lock_mode: str, max_sessions: int, backoff: tuple[float, float]) -> KeyStore:
     return KeyStore(config, lock_mode=lock_mode, max_sessions=max_sessions, backoff=backoff)
 
@@ -359,7 +373,8 @@ class KeyStore:
         """Find ``label``'s private or secret key in ``ps`` (C_FindObjects) and cache it there."""
         epoch = conn.epochs.get(label, 0)
         for attempt in range(4):
-            keys = [o for o in ps.session.get_objects({Attribute.LABEL: label}) if _is_key(o)]
+            with conn.object_lock:
+                keys = [o for o in _find(ps.session, {Attribute.LABEL: label}) if _is_key(o)]
             if len(keys) <= 1:
                 break
             ids = {bytes(o[Attribute.ID]) for o in keys}
@@ -422,7 +437,9 @@ class KeyStore:
         def fn(conn: TokenConn, ps: PooledSession) -> list[KeyInfo]:
             out: list[KeyInfo] = []
             for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.SECRET_KEY):
-                for obj in ps.session.get_objects({Attribute.CLASS: cls}):
+                with conn.object_lock:
+                    objs = _find(ps.session, {Attribute.CLASS: cls})
+                for obj in objs:
                     attrs = obj.get_attributes(_META_ATTRS)
                     label = attrs.get(Attribute.LABEL) or ""
                     meta = _meta_from_attrs(attrs, 0)
@@ -442,7 +459,9 @@ class KeyStore:
         def fn(conn: TokenConn, ps: PooledSession) -> PublicKey:
             meta = self._meta(conn, ps, label)
             if meta.public is None:
-                meta.public = self._read_public(ps, label, meta, self._key(conn, ps, label).obj)
+                private = self._key(conn, ps, label).obj
+                with conn.object_lock:
+                    meta.public = self._read_public(ps, label, meta, private)
             return meta.public
         return self._run(f"reading the public key of {label!r}", fn)
 
@@ -453,7 +472,7 @@ class KeyStore:
         template: dict[Attribute, Any] = {Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PUBLIC_KEY}
         if meta.key_id:
             template[Attribute.ID] = meta.key_id
-        pubs = list(ps.session.get_objects(template))
+        pubs = _find(ps.session, template)
         if meta.key_type.is_rsa:
             source = pubs[0] if pubs else private
             attrs = source.get_attributes([Attribute.MODULUS, Attribute.PUBLIC_EXPONENT])
@@ -484,12 +503,16 @@ class KeyStore:
         conn = self._connection()
 
         def fn(conn: TokenConn, ps: PooledSession) -> KeyInfo:
+            with conn.object_lock:
+                return create_verified(conn, ps)
+
+        def create_verified(conn: TokenConn, ps: PooledSession) -> KeyInfo:
             session = ps.session
-            if any(True for _ in session.get_objects({Attribute.LABEL: label})):
+            if _find(session, {Attribute.LABEL: label}):
                 raise DuplicateLabel(label)
             key_id = os.urandom(16)
             created = create(conn, ps, key_id)
-            total = sum(1 for _ in session.get_objects({Attribute.LABEL: label}))
+            total = len(_find(session, {Attribute.LABEL: label}))
             if total != len(created):
                 # Someone created the same label concurrently: both back off, neither keeps it.
                 for obj in created:
@@ -504,11 +527,10 @@ class KeyStore:
                 raise HsmError(f"the token created an unexpected key for {label!r}")
             return meta.info(label)
 
-        with conn.label_lock(label):
-            try:
-                return self._run(what, fn)
-            finally:
-                conn.bump_epoch(label)
+        try:
+            return self._run(what, fn)
+        finally:
+            conn.bump_epoch(label)
 
     def generate(self, label: str, key_type: KeyType, *, wrappable: bool = False) -> KeyInfo:
         """Generate a sensitive, non-extractable token key labelled ``label``.
@@ -665,20 +687,23 @@ class KeyStore:
         conn = self._connection()
 
         def fn(conn: TokenConn, ps: PooledSession) -> None:
-            objs = list(ps.session.get_objects({Attribute.LABEL: label}))
+            with conn.object_lock:
+                objs = _find(ps.session, {Attribute.LABEL: label})
+                for obj in objs:
+                    try:
+                        obj.destroy()
+                    except STALE_HANDLE:
+                        pass  # destroyed by someone else meanwhile: gone either way
             if not objs:
                 if not conn.token_ok():
                     conn.mark_broken("destroy found nothing and the token is unreadable")
                     raise TokenUnavailable(f"token {conn.label!r} is unavailable")
                 raise KeyNotFound(label)
-            for obj in objs:
-                obj.destroy()
 
-        with conn.label_lock(label):
-            try:
-                self._run(f"destroying {label!r}", fn)
-            finally:
-                conn.bump_epoch(label)
+        try:
+            self._run(f"destroying {label!r}", fn)
+        finally:
+            conn.bump_epoch(label)
 
     # -- signing ----------------------------------------------------------------------------------
     def sign(self, label: str, data: bytes, scheme: SignatureScheme, hash_alg: HashAlg, *,
