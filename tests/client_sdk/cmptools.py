@@ -96,8 +96,9 @@ class TestPki:
 
 def openssl_cmp(*args: str | Path, cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENSSL")}
-    return subprocess.run([OPENSSL, "cmp", "-config", "", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    r = subprocess.run([OPENSSL, "cmp", "-config", "", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout, r.stdout)  # openssl logs to both
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
