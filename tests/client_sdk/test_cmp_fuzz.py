@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +14,8 @@ from client_sdk import cmp
 from client_sdk.cmp import errors
 
 from .conftest import SECRET, Captured
+
+pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 
 MUTATIONS = 5000
 TIME_BUDGET = 15.0  # seconds; the loop stops early rather than slow the suite down
