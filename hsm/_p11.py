@@ -20,6 +20,7 @@ Nothing here logs or formats a PIN or key material.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import enum
 import hmac
@@ -73,7 +74,12 @@ class LockMode(enum.Enum):
 # --------------------------------------------------------------------------------------------
 
 class _CInitializeArgs(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p) for name in ("CreateMutex", "DestroyMutex", "LockMutex", "UnlockMutex")] + [
+    # CK_C_INITIALIZE_ARGS: no mutex callbacks (NULL) + CKF_OS_LOCKING_OK = "use the OS's locks"
+    _fields_ = [
+        ("CreateMutex", ctypes.c_void_p),
+        ("DestroyMutex", ctypes.c_void_p),
+        ("LockMutex", ctypes.c_void_p),
+        ("UnlockMutex", ctypes.c_void_p),
         ("flags", ctypes.c_ulong),
         ("pReserved", ctypes.c_void_p),
     ]
@@ -116,7 +122,7 @@ class _RawModule:
         return int(self._finalize(None))
 
 
-class _Library(_native.lib):  # type: ignore[misc]
+class _Library(_native.lib):
     """python-pkcs11's ``lib`` minus its ``C_Initialize(NULL)``: :class:`Module` initialises the
     module (with locking) before this object is built, and again after a fork or on recovery."""
 
@@ -228,8 +234,12 @@ def map_error(exc: BaseException, what: str) -> HsmError:
 class Module:
     """One initialised PKCS#11 module in one process, shared by all its token connections.
 
-    Every PKCS#11 call made through this file counts as *busy* on the module (``enter``/``leave``)
-    so that :meth:`exclusive` can wait until none is in flight before ``C_Finalize``.
+    Every PKCS#11 call made through this file is *in flight* either as a checked-out pooled
+    session (``PooledSession.active``, set without a lock on the hot path) or as a slow-path
+    section (:meth:`calling`, counted in ``busy``), so that :meth:`exclusive` can wait until none
+    is before ``C_Finalize``. The hot path and :meth:`exclusive` follow a store-then-check
+    protocol (a session is marked active, then ``exclusive_held`` is read; exclusive sets the
+    flag, then looks for active sessions), which the GIL keeps sequentially consistent.
     """
 
     def __init__(self, path: str, lock_mode: LockMode, env: tuple[tuple[str, str], ...]) -> None:
@@ -342,6 +352,10 @@ class Module:
                 if self.waiters:
                     self.cond.notify_all()
 
+    def _in_flight(self) -> bool:
+        # caller holds self.lock
+        return bool(self.busy) or any(ps.active for conn in self.conns for ps in conn.sessions)
+
     @contextmanager
     def exclusive(self, timeout: float = DRAIN_TIMEOUT) -> Iterator[None]:
         """Hold the module alone: new calls wait, in-flight calls are drained first."""
@@ -349,20 +363,21 @@ class Module:
         with self.lock:
             self._wait_not_exclusive(deadline)
             self.exclusive_held = True
-            try:
-                while self.busy:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TokenUnavailable("PKCS#11 calls did not finish in time for a re-initialisation")
-                    self.waiters += 1
-                    try:
-                        self.cond.wait(remaining)
-                    finally:
-                        self.waiters -= 1
-            except BaseException:
+        try:
+            pause = 0.0002
+            while True:
+                with self.lock:
+                    if not self._in_flight():
+                        break
+                if time.monotonic() > deadline:
+                    raise TokenUnavailable("PKCS#11 calls did not finish in time for a re-initialisation")
+                time.sleep(pause)  # hot-path calls do not notify: poll, briefly
+                pause = min(pause * 2, 0.01)
+        except BaseException:
+            with self.lock:
                 self.exclusive_held = False
                 self.cond.notify_all()
-                raise
+            raise
         try:
             yield
         finally:
@@ -378,7 +393,7 @@ class Module:
 class PooledSession:
     """A PKCS#11 session of the pool with its cache of key objects (``label -> cached key``)."""
 
-    __slots__ = ("session", "keys", "generation", "held_lock", "bad")
+    __slots__ = ("session", "keys", "generation", "held_lock", "bad", "active")
 
     def __init__(self, session: Any, generation: int) -> None:
         self.session = session
@@ -386,6 +401,7 @@ class PooledSession:
         self.generation = generation
         self.held_lock: threading.RLock | None = None
         self.bad = False
+        self.active = False  # checked out: a thread may be inside a PKCS#11 call with it
 
 
 def find_token(lib: _Library, label: str) -> Any | None:
@@ -419,10 +435,10 @@ class TokenConn:
         self.token: Any = None
         self.login: Any = None
         self.generation = -1
-        self.idle: list[PooledSession] = []
-        self.nopen = 0
+        self.idle: collections.deque[PooledSession] = collections.deque()  # LIFO; pop/append are atomic
+        self.sessions: set[PooledSession] = set()  # every open pooled session of this generation
         self.epochs: dict[str, int] = {}
-        self.meta: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}  # label -> hsm.keystore._Meta
         self._epoch_counter = 0
         self.state_lock = threading.Lock()
         # Serialises C_FindObjects* with creating/destroying token objects in this process:
@@ -446,14 +462,14 @@ class TokenConn:
             self._epoch_counter += 1
             self.epochs[label] = self._epoch_counter
             self.meta.pop(label, None)
-            for ps in self.idle:
+            for ps in self.sessions:
                 ps.keys.pop(label, None)
 
     # -- connection --------------------------------------------------------------------------------
     def forget_sessions(self) -> None:
         """After a module re-initialisation (caller holds module.lock): every handle is stale."""
         self.idle.clear()
-        self.nopen = 0
+        self.sessions.clear()
         self.login = None
         self.token = None
 
@@ -489,7 +505,7 @@ class TokenConn:
                     continue  # re-initialised meanwhile (another token recovering): log in again
                 self.token, self.login, self.generation = token, login, generation
                 self.idle.clear()
-                self.nopen = 0
+                self.sessions.clear()
                 self.ever_opened = True
                 self.broken = False
                 self.broken_reason = ""
@@ -542,29 +558,61 @@ class TokenConn:
 
     # -- pool ---------------------------------------------------------------------------------------
     def checkout(self) -> PooledSession:
-        """A session for one operation; return it with :meth:`checkin` (always, in ``finally``)."""
+        """A session for one operation; return it with :meth:`checkin` (always, in ``finally``).
+
+        Hot path: pop an idle session, mark it active, check that no re-initialisation is under
+        way and that it is current -- no lock taken."""
         module = self.module
-        lock = module.lock
+        try:
+            ps = self.idle.pop()
+        except IndexError:
+            return self._checkout_slow()
+        ps.active = True
+        if module.exclusive_held or ps.generation != module.generation or self.broken:
+            ps.active = False
+            if ps.generation == module.generation and not self.broken:
+                self.idle.append(ps)
+            return self._checkout_slow()
+        glock = module.global_lock
+        if glock is not None:
+            glock.acquire()
+            ps.held_lock = glock
+        return ps
+
+    def _checkout_slow(self) -> PooledSession:
+        module = self.module
+        deadline = time.monotonic() + CHECKOUT_TIMEOUT
         while True:
+            lock = module.lock
             lock.acquire()
             if (self.broken or module.exclusive_held or self.login is None
                     or self.generation != module.generation):
                 lock.release()
                 self.ensure_or_wait()
                 continue
-            if self.idle:
-                ps = self.idle.pop()
-                module.busy += 1
+            try:
+                ps: PooledSession | None = self.idle.pop()
+            except IndexError:
+                ps = None
+            if ps is not None:
+                ps.active = True
                 lock.release()
                 break
-            if self.nopen < self.max_sessions:
-                self.nopen += 1
-                module.busy += 1
+            if len(self.sessions) < self.max_sessions:
+                module.busy += 1  # opening counts as in flight
                 generation = self.generation
                 lock.release()
                 ps = self._open_session(generation)
                 break
-            self._wait_for_session()  # releases the lock
+            # Pool exhausted: wait for a checkin (which notifies waiters).
+            module.waiters += 1
+            try:
+                module.cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            finally:
+                module.waiters -= 1
+                lock.release()
+            if time.monotonic() > deadline:
+                raise TokenUnavailable(f"no free PKCS#11 session for token {self.label!r}")
         glock = module.global_lock
         if glock is not None:
             glock.acquire()
@@ -579,33 +627,33 @@ class TokenConn:
             return
         self.ensure()
 
-    def _wait_for_session(self) -> None:
-        # caller holds module.lock; releases it before returning
-        module = self.module
-        module.waiters += 1
-        try:
-            if not module.cond.wait(CHECKOUT_TIMEOUT):
-                raise TokenUnavailable(f"no free PKCS#11 session for token {self.label!r}")
-        finally:
-            module.waiters -= 1
-            module.lock.release()
-
     def _open_session(self, generation: int) -> PooledSession:
+        """Open a pooled session (caller counted itself in ``module.busy``)."""
+        module = self.module
         try:
             session = self.token.open(rw=True)
         except BaseException as exc:
-            with self.module.lock:
-                self.nopen -= 1
-                self.module.busy -= 1
-                if self.module.waiters:
-                    self.module.cond.notify_all()
+            with module.lock:
+                module.busy -= 1
+                if module.waiters:
+                    module.cond.notify_all()
             if isinstance(exc, px.PKCS11Error):
                 if is_unavailable(exc) or isinstance(exc, AMBIGUOUS):
                     self.mark_broken(type(exc).__name__)
                     raise TokenUnavailable(f"token {self.label!r} is unavailable") from None
                 raise map_error(exc, "opening a session") from None
             raise
-        return PooledSession(session, generation)
+        ps = PooledSession(session, generation)
+        with module.lock:
+            module.busy -= 1
+            ps.active = True
+            if module.generation == generation:
+                self.sessions.add(ps)
+            else:  # re-initialised while opening: the handle is already stale
+                ps.bad = True
+            if module.waiters:
+                module.cond.notify_all()
+        return ps
 
     def checkin(self, ps: PooledSession) -> None:
         glock = ps.held_lock
@@ -613,25 +661,28 @@ class TokenConn:
             ps.held_lock = None
             glock.release()
         module = self.module
-        to_close = None
-        with module.lock:
-            module.busy -= 1
-            # Sessions of an older generation are stale: never close them (their handle number
-            # may belong to a new session by now), just forget them.
-            if ps.generation == module.generation and self.generation == ps.generation:
-                if ps.bad or self.broken or self.closed:
-                    self.nopen -= 1
-                    to_close = ps
-                else:
-                    self.idle.append(ps)
-            if module.waiters:
+        ps.active = False
+        if ps.bad or self.broken or self.closed or ps.generation != module.generation:
+            self._retire(ps)
+        else:
+            self.idle.append(ps)
+        if module.waiters:
+            with module.lock:
                 module.cond.notify_all()
-        if to_close is not None:
-            self._close_quietly(to_close.session)
 
-    def drop_session(self, ps: PooledSession) -> None:
-        """Do not return ``ps`` to the pool (its state is suspect)."""
-        ps.bad = True
+    def _retire(self, ps: PooledSession) -> None:
+        """Take ``ps`` out of the pool; close it if its handle is still ours (same generation:
+        a stale handle number may by now belong to a new session and must never be closed)."""
+        module = self.module
+        with module.lock:
+            current = ps in self.sessions and ps.generation == module.generation
+            self.sessions.discard(ps)
+            try:
+                self.idle.remove(ps)
+            except ValueError:
+                pass
+        if current:
+            self._close_quietly(ps.session)
 
     # -- health -------------------------------------------------------------------------------------
     def token_ok(self) -> bool:
@@ -667,11 +718,11 @@ class TokenConn:
             with module.exclusive():
                 with module.lock:
                     self.closed = True
-                    sessions = [ps.session for ps in self.idle]
+                    sessions = [ps.session for ps in self.sessions]
                     login, self.login = self.login, None
                     same_generation = self.generation == module.generation
                     self.idle.clear()
-                    self.nopen = 0
+                    self.sessions.clear()
                     if self in module.conns:
                         module.conns.remove(self)
                 if same_generation and not self.broken:

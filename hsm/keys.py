@@ -33,7 +33,7 @@ def _hash_of(algorithm: object) -> tuple[HashAlg, bool]:
     prehashed = isinstance(algorithm, Prehashed)
     inner: Any = algorithm._algorithm if prehashed else algorithm  # type: ignore[attr-defined]
     if not isinstance(inner, hashes.HashAlgorithm):
-        raise TypeError("algorithm must be a cryptography HashAlgorithm or Prehashed")
+        raise MechanismUnsupported("algorithm must be a SHA-2 HashAlgorithm or Prehashed")
     alg = _HASHES.get(inner.name)
     if alg is None:
         raise MechanismUnsupported(f"hash {inner.name} is not supported (SHA-256, SHA-384, SHA-512)")
@@ -63,9 +63,12 @@ class HsmRSAPrivateKey(rsa.RSAPrivateKey):
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public
 
-    def sign(self, data: bytes, padding: _padding.AsymmetricPadding,
-             algorithm: Prehashed | hashes.HashAlgorithm) -> bytes:
+    def sign(self, data: bytes | bytearray | memoryview, padding: _padding.AsymmetricPadding,
+             algorithm: object) -> bytes:
+        """``algorithm``: a SHA-2 ``HashAlgorithm`` or ``Prehashed`` (cryptography's
+        ``NoDigestInfo`` raw mode is not offered)."""
         hash_alg, prehashed = _hash_of(algorithm)
+        data = bytes(data)
         salt: int | None = None
         if isinstance(padding, _padding.PKCS1v15):
             scheme = SignatureScheme.RSA_PKCS1V15
@@ -138,7 +141,9 @@ class HsmECPrivateKey(ec.EllipticCurvePrivateKey):
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def sign(self, data: bytes | bytearray | memoryview,
+             signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        data = bytes(data)
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise MechanismUnsupported("only ECDSA signatures are supported")
         if getattr(signature_algorithm, "deterministic_signing", False):

@@ -101,27 +101,42 @@ _EC_BY_PARAMS: Final = {params: kt for kt, params in _EC_PARAMS.items()}
 _RSA_BITS: Final = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
 _RSA_BY_BITS: Final = {bits: kt for kt, bits in _RSA_BITS.items()}
 
-_HASHLIB: Final[dict[HashAlg, Callable[[bytes], Any]]] = {
-    HashAlg.SHA256: hashlib.sha256, HashAlg.SHA384: hashlib.sha384, HashAlg.SHA512: hashlib.sha512,
-}
 DIGEST_SIZE: Final = {HashAlg.SHA256: 32, HashAlg.SHA384: 48, HashAlg.SHA512: 64}
-_HASH_MECH: Final = {HashAlg.SHA256: Mechanism.SHA256, HashAlg.SHA384: Mechanism.SHA384, HashAlg.SHA512: Mechanism.SHA512}
-_MGF: Final = {HashAlg.SHA256: MGF.SHA256, HashAlg.SHA384: MGF.SHA384, HashAlg.SHA512: MGF.SHA512}
+
+# Hot-path tables are keyed by the enum's value (a str with a cached hash): Enum.__hash__ is a
+# Python-level function, and these lookups happen on every signature.
+_HASHLIB: Final[dict[str, Callable[[bytes], Any]]] = {
+    "sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512,
+}
+_DIGEST_LEN: Final = {h.value: n for h, n in DIGEST_SIZE.items()}
+_HASH_MECH: Final = {"sha256": Mechanism.SHA256, "sha384": Mechanism.SHA384, "sha512": Mechanism.SHA512}
+_MGF: Final = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
 _RSA_PKCS_MECH: Final = {
-    HashAlg.SHA256: Mechanism.SHA256_RSA_PKCS, HashAlg.SHA384: Mechanism.SHA384_RSA_PKCS,
-    HashAlg.SHA512: Mechanism.SHA512_RSA_PKCS,
+    "sha256": Mechanism.SHA256_RSA_PKCS, "sha384": Mechanism.SHA384_RSA_PKCS, "sha512": Mechanism.SHA512_RSA_PKCS,
 }
 _RSA_PSS_MECH: Final = {
-    HashAlg.SHA256: Mechanism.SHA256_RSA_PKCS_PSS, HashAlg.SHA384: Mechanism.SHA384_RSA_PKCS_PSS,
-    HashAlg.SHA512: Mechanism.SHA512_RSA_PKCS_PSS,
+    "sha256": Mechanism.SHA256_RSA_PKCS_PSS, "sha384": Mechanism.SHA384_RSA_PKCS_PSS,
+    "sha512": Mechanism.SHA512_RSA_PKCS_PSS,
 }
-_PSS_DEFAULT_PARAM: Final = {h: (_HASH_MECH[h], _MGF[h], DIGEST_SIZE[h]) for h in HashAlg}
+_PSS_DEFAULT_PARAM: Final = {h: (_HASH_MECH[h], _MGF[h], _DIGEST_LEN[h]) for h in _HASHLIB}
 # DER DigestInfo prefixes (RFC 8017 §9.2 note 1) for PKCS#1 v1.5 over a pre-computed digest.
 _DIGEST_INFO: Final = {
-    HashAlg.SHA256: bytes.fromhex("3031300d060960864801650304020105000420"),
-    HashAlg.SHA384: bytes.fromhex("3041300d060960864801650304020205000430"),
-    HashAlg.SHA512: bytes.fromhex("3051300d060960864801650304020305000440"),
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
 }
+_KIND_RSA: Final = 0
+_KIND_EC: Final = 1
+_KIND_AES: Final = 2
+_KIND: Final = {KeyType.RSA_2048: _KIND_RSA, KeyType.RSA_3072: _KIND_RSA, KeyType.RSA_4096: _KIND_RSA,
+                KeyType.EC_P256: _KIND_EC, KeyType.EC_P384: _KIND_EC, KeyType.AES_256: _KIND_AES}
+_ECDSA: Final = SignatureScheme.ECDSA
+_PKCS1V15: Final = SignatureScheme.RSA_PKCS1V15
+_PSS: Final = SignatureScheme.RSA_PSS
+_M_ECDSA: Final = Mechanism.ECDSA
+_M_RSA_PKCS: Final = Mechanism.RSA_PKCS
+_M_RSA_PKCS_PSS: Final = Mechanism.RSA_PKCS_PSS
+_M_AES_GCM: Final = Mechanism.AES_GCM
 _META_ATTRS: Final = [
     Attribute.LABEL, Attribute.KEY_TYPE, Attribute.ID, Attribute.EXTRACTABLE, Attribute.SENSITIVE,
     Attribute.MODULUS, Attribute.EC_PARAMS, Attribute.VALUE_LEN,
@@ -173,11 +188,12 @@ class _Meta:
 class _CachedKey:
     """A key object bound to one pooled session (its handle is only valid there)."""
 
-    __slots__ = ("obj", "key_type", "epoch")
+    __slots__ = ("obj", "key_type", "kind", "epoch")
 
     def __init__(self, obj: Any, key_type: KeyType, epoch: int) -> None:
         self.obj = obj
         self.key_type = key_type
+        self.kind = _KIND[key_type]
         self.epoch = epoch
 
 
@@ -408,10 +424,11 @@ class KeyStore:
 
     def _meta(self, conn: TokenConn, ps: PooledSession, label: str) -> _Meta:
         epoch = conn.epochs.get(label, 0)
-        meta = conn.meta.get(label)
+        meta: _Meta | None = conn.meta.get(label)
         if meta is None or meta.epoch != epoch:
             self._load(conn, ps, label)
             meta = conn.meta[label]
+        assert meta is not None
         return meta
 
     # -- keys: queries -------------------------------------------------------------------------------
@@ -421,7 +438,8 @@ class KeyStore:
             ps.keys.pop(label, None)
             conn.meta.pop(label, None)
             self._load(conn, ps, label)
-            return conn.meta[label].info(label)
+            meta: _Meta = conn.meta[label]
+            return meta.info(label)
         return self._run(f"looking up {label!r}", fn)
 
     def exists(self, label: str) -> bool:
@@ -452,28 +470,29 @@ class KeyStore:
         """The public key of an RSA or EC key as a ``cryptography`` object (cached)."""
         conn = self._conn
         if conn is not None and self._pid == os.getpid():
-            meta = conn.meta.get(label)
-            if meta is not None and meta.public is not None and meta.epoch == conn.epochs.get(label, 0):
-                return meta.public
+            cached: _Meta | None = conn.meta.get(label)
+            if cached is not None and cached.public is not None and cached.epoch == conn.epochs.get(label, 0):
+                return cached.public
 
         def fn(conn: TokenConn, ps: PooledSession) -> PublicKey:
             meta = self._meta(conn, ps, label)
-            if meta.public is None:
+            public = meta.public
+            if public is None:
                 private = self._key(conn, ps, label).obj
                 with conn.object_lock:
-                    meta.public = self._read_public(ps, label, meta, private)
-            return meta.public
+                    public = meta.public = self._read_public(ps, label, meta, private)
+            return public
         return self._run(f"reading the public key of {label!r}", fn)
 
     @staticmethod
     def _read_public(ps: PooledSession, label: str, meta: _Meta, private: Any) -> PublicKey:
-        if not meta.key_type.is_asymmetric:
+        if _KIND[meta.key_type] == _KIND_AES:
             raise WrongKeyType(f"key {label!r} is an AES key and has no public key")
         template: dict[Attribute, Any] = {Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PUBLIC_KEY}
         if meta.key_id:
             template[Attribute.ID] = meta.key_id
         pubs = _find(ps.session, template)
-        if meta.key_type.is_rsa:
+        if _KIND[meta.key_type] == _KIND_RSA:
             source = pubs[0] if pubs else private
             attrs = source.get_attributes([Attribute.MODULUS, Attribute.PUBLIC_EXPONENT])
             return rsa.RSAPublicNumbers(int.from_bytes(attrs[Attribute.PUBLIC_EXPONENT], "big"),
@@ -619,10 +638,10 @@ class KeyStore:
                 raise InvalidKeyMaterial(f"RSA keys of {key.key_size} bits are not supported (2048, 3072, 4096)")
             priv_attrs, pub_attrs = self._rsa_import_attrs(key)
         elif isinstance(key, ec.EllipticCurvePrivateKey):
-            key_type = next((kt for kt, c in _EC_CURVES.items() if c.name == key.curve.name), None)  # type: ignore[assignment]
-            if key_type is None:
+            ec_type = next((kt for kt, c in _EC_CURVES.items() if c.name == key.curve.name), None)
+            if ec_type is None:
                 raise InvalidKeyMaterial(f"EC curve {key.curve.name} is not supported (P-256, P-384)")
-            priv_attrs, pub_attrs = self._ec_import_attrs(key, key_type)
+            priv_attrs, pub_attrs = self._ec_import_attrs(key, ec_type)
         else:
             raise InvalidKeyMaterial("only RSA and EC private keys can be imported")
         del key
@@ -712,21 +731,24 @@ class KeyStore:
         MGF1 of the same hash and ``salt_length`` defaulting to the digest length), or ECDSA (hash in
         Python, CKM_ECDSA in the token; DER-encoded result). Raises WrongKeyType for a scheme the
         key cannot do, KeyNotFound, TokenUnavailable."""
-        return self._sign(label, _as_bytes(data, "data"), scheme, hash_alg, False, salt_length)
+        if type(data) is not bytes:
+            data = _as_bytes(data, "data")
+        return self._sign(label, data, scheme, hash_alg, False, salt_length)
 
     def sign_digest(self, label: str, digest: bytes, scheme: SignatureScheme, hash_alg: HashAlg, *,
                     salt_length: int | None = None) -> bytes:
         """As :meth:`sign`, over a digest already computed with ``hash_alg`` (ValueError if its
         length does not match)."""
         digest = _as_bytes(digest, "digest")
-        if len(digest) != DIGEST_SIZE[hash_alg]:
+        if type(hash_alg) is HashAlg and len(digest) != DIGEST_SIZE[hash_alg]:
             raise ValueError(f"a {hash_alg.value} digest is {DIGEST_SIZE[hash_alg]} bytes, got {len(digest)}")
         return self._sign(label, digest, scheme, hash_alg, True, salt_length)
 
     def _sign(self, label: str, data: bytes, scheme: SignatureScheme, hash_alg: HashAlg, prehashed: bool,
               salt_length: int | None) -> bytes:
-        if hash_alg not in DIGEST_SIZE:
+        if type(hash_alg) is not HashAlg:
             raise TypeError("hash_alg must be an hsm.HashAlg")
+        h = hash_alg._value_
         conn = self._conn
         if conn is None or self._pid != os.getpid():
             conn = self._connection()
@@ -737,26 +759,25 @@ class KeyStore:
                     key = ps.keys.get(label)
                     if key is None or key.epoch != conn.epochs.get(label, 0):
                         key = self._load(conn, ps, label)
-                    key_type = key.key_type
-                    if key_type.is_ec:
-                        if scheme is not SignatureScheme.ECDSA:
+                    kind = key.kind
+                    if kind == _KIND_EC:
+                        if scheme is not _ECDSA:
                             raise WrongKeyType(f"key {label!r} is an EC key: use SignatureScheme.ECDSA")
-                        digest = data if prehashed else _HASHLIB[hash_alg](data).digest()
-                        raw = key.obj.sign(digest, mechanism=Mechanism.ECDSA)
+                        raw = key.obj.sign(data if prehashed else _HASHLIB[h](data).digest(), mechanism=_M_ECDSA)
                         half = len(raw) // 2
                         return encode_dss_signature(int.from_bytes(raw[:half], "big"),
                                                     int.from_bytes(raw[half:], "big"))
-                    if not key_type.is_rsa:
+                    if kind != _KIND_RSA:
                         raise WrongKeyType(f"key {label!r} is an AES key and cannot sign")
-                    if scheme is SignatureScheme.RSA_PKCS1V15:
+                    if scheme is _PKCS1V15:
                         if prehashed:
-                            return bytes(key.obj.sign(_DIGEST_INFO[hash_alg] + data, mechanism=Mechanism.RSA_PKCS))
-                        return bytes(key.obj.sign(data, mechanism=_RSA_PKCS_MECH[hash_alg]))
-                    if scheme is SignatureScheme.RSA_PSS:
-                        param = (_PSS_DEFAULT_PARAM[hash_alg] if salt_length is None
-                                 else (_HASH_MECH[hash_alg], _MGF[hash_alg], int(salt_length)))
-                        mech = Mechanism.RSA_PKCS_PSS if prehashed else _RSA_PSS_MECH[hash_alg]
-                        return bytes(key.obj.sign(data, mechanism=mech, mechanism_param=param))
+                            return key.obj.sign(_DIGEST_INFO[h] + data, mechanism=_M_RSA_PKCS)  # type: ignore[no-any-return]
+                        return key.obj.sign(data, mechanism=_RSA_PKCS_MECH[h])  # type: ignore[no-any-return]
+                    if scheme is _PSS:
+                        param = (_PSS_DEFAULT_PARAM[h] if salt_length is None
+                                 else (_HASH_MECH[h], _MGF[h], int(salt_length)))
+                        return key.obj.sign(  # type: ignore[no-any-return]
+                            data, mechanism=_M_RSA_PKCS_PSS if prehashed else _RSA_PSS_MECH[h], mechanism_param=param)
                     raise WrongKeyType(f"key {label!r} is an RSA key: use RSA_PKCS1V15 or RSA_PSS")
                 except px.PKCS11Error as exc:
                     if attempt == 0 and isinstance(exc, STALE_HANDLE) and conn.token_ok():
@@ -774,8 +795,10 @@ class KeyStore:
 
         Returns ``nonce (12) || ciphertext || tag (16)``, byte-compatible with
         ``cryptography``'s ``AESGCM(key).encrypt(nonce, plaintext, aad)`` behind the nonce."""
-        plaintext = _as_bytes(plaintext, "plaintext")
-        aad = _as_bytes(aad, "aad")
+        if type(plaintext) is not bytes:
+            plaintext = _as_bytes(plaintext, "plaintext")
+        if type(aad) is not bytes:
+            aad = _as_bytes(aad, "aad")
         nonce = os.urandom(NONCE_LEN)
         conn = self._conn
         if conn is None or self._pid != os.getpid():
@@ -787,9 +810,9 @@ class KeyStore:
                     key = ps.keys.get(label)
                     if key is None or key.epoch != conn.epochs.get(label, 0):
                         key = self._load(conn, ps, label)
-                    if key.key_type is not KeyType.AES_256:
+                    if key.kind != _KIND_AES:
                         raise WrongKeyType(f"key {label!r} is not an AES key")
-                    return nonce + key.obj.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                    return nonce + key.obj.encrypt(plaintext, mechanism=_M_AES_GCM,  # type: ignore[no-any-return]
                                                    mechanism_param=GCMParams(nonce, aad, 128))
                 except px.PKCS11Error as exc:
                     if attempt == 0 and isinstance(exc, STALE_HANDLE) and conn.token_ok():
@@ -804,8 +827,10 @@ class KeyStore:
     def decrypt(self, label: str, blob: bytes, aad: bytes = b"") -> bytes:
         """Inverse of :meth:`encrypt`. Raises DecryptionFailed on a wrong key, a tampered blob or
         tag, or an AAD mismatch (nothing of the plaintext is returned then)."""
-        blob = _as_bytes(blob, "blob")
-        aad = _as_bytes(aad, "aad")
+        if type(blob) is not bytes:
+            blob = _as_bytes(blob, "blob")
+        if type(aad) is not bytes:
+            aad = _as_bytes(aad, "aad")
         if len(blob) < NONCE_LEN + TAG_LEN:
             raise DecryptionFailed("ciphertext too short")
         nonce, body = blob[:NONCE_LEN], blob[NONCE_LEN:]
@@ -819,10 +844,10 @@ class KeyStore:
                     key = ps.keys.get(label)
                     if key is None or key.epoch != conn.epochs.get(label, 0):
                         key = self._load(conn, ps, label)
-                    if key.key_type is not KeyType.AES_256:
+                    if key.kind != _KIND_AES:
                         raise WrongKeyType(f"key {label!r} is not an AES key")
-                    return bytes(key.obj.decrypt(body, mechanism=Mechanism.AES_GCM,
-                                                 mechanism_param=GCMParams(nonce, aad, 128)))
+                    return key.obj.decrypt(body, mechanism=_M_AES_GCM,  # type: ignore[no-any-return]
+                                           mechanism_param=GCMParams(nonce, aad, 128))
                 except px.PKCS11Error as exc:
                     if attempt == 0 and isinstance(exc, STALE_HANDLE) and conn.token_ok():
                         ps.keys.pop(label, None)

@@ -45,7 +45,7 @@ def test_outage_gives_token_unavailable_then_the_same_store_recovers(
     keystore.generate(bystander, KeyType.AES_256)
 
     with token_unavailable(softhsm_conf, cfg.token_label):
-        calls = [
+        calls: list[Any] = [
             lambda: ks.encrypt("aes", b"x"),
             lambda: ks.decrypt("aes", blob, b"ad"),
             lambda: ks.sign("ec", b"m", SignatureScheme.ECDSA, HashAlg.SHA256),

@@ -75,8 +75,9 @@ def _mixed_load(ks: KeyStore, keys: dict[str, str], *, threads: int, ops: int, s
                     if kind is KeyType.AES_256:
                         assert ks.decrypt(label, ks.encrypt(label, msg)) == msg
                     else:
-                        ks.public_key(label).verify(  # type: ignore[union-attr,call-arg]
-                            ks.sign(label, msg, SignatureScheme.ECDSA, HashAlg.SHA256), msg, ec.ECDSA(hashes.SHA256()))
+                        pub: Any = ks.public_key(label)
+                        pub.verify(ks.sign(label, msg, SignatureScheme.ECDSA, HashAlg.SHA256), msg,
+                                   ec.ECDSA(hashes.SHA256()))
                     ks.destroy(label)
                     try:
                         ks.encrypt(label, msg)
@@ -176,7 +177,7 @@ def _race_worker(ks: KeyStore, label: str, out: Any) -> None:
 
 
 def _run_processes(method: str, target: Any, args_for: Any, count: int) -> list[Any]:
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     out = ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args_for(i), out)) for i in range(count)]
     for p in procs:
