@@ -528,7 +528,13 @@ class TokenConn:
             if self.broken:
                 self._recover()
             elif self.login is None or self.generation != self.module.generation:
-                self.connect()
+                # Logged out by a re-initialisation (another token recovering): log in again. A
+                # token that was open and is now missing is an outage: recover with back-off.
+                try:
+                    self.connect(rescan=not self.ever_opened)
+                except TokenUnavailable as exc:
+                    self.mark_broken(str(exc))
+                    raise
 
     def _recover(self) -> None:
         now = time.monotonic()
@@ -795,8 +801,15 @@ def attach(module_path: str, token_label: str, pin: str, *, lock_mode: LockMode,
             return conn
         conn = TokenConn(module, token_label, pin, max_sessions, backoff)
         conn.ever_opened = ever_opened
-        with conn.state_lock:
-            conn.connect()
+        try:
+            with conn.state_lock:
+                conn.connect()
+        except TokenUnavailable as exc:
+            if not ever_opened:
+                raise
+            # Opened before (e.g. in the parent before a fork) and gone now: keep the connection,
+            # broken, so that calls fail fast and recovery runs with back-off.
+            conn.mark_broken(str(exc))
         conn.refs = 1
         reg.conns[key] = conn
         with module.lock:

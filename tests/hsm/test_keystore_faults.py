@@ -134,3 +134,51 @@ def test_token_gone_before_the_first_open_is_an_hsm_error_not_a_crash(make_token
         assert not KeyStore(cfg).status().available
     with KeyStore(cfg) as ks:
         assert ks.status().available
+
+
+def _child_through_outage(ks: KeyStore, gone: Any, back: Any, out: Any) -> None:
+    try:
+        gone.wait(10)
+        try:
+            ks.encrypt("aes", b"x")
+            out.put("no error while the token was away")
+            return
+        except TokenUnavailable:
+            pass
+        assert not ks.status().available
+        out.put("saw-outage")
+        back.wait(10)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                out.put(ks.decrypt("aes", ks.encrypt("aes", b"child"))[:0] + b"child-ok")
+                return
+            except TokenUnavailable:
+                assert time.monotonic() < deadline, "no recovery in the child"
+                time.sleep(0.05)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        out.put(repr(exc))
+
+
+def test_forked_child_of_an_open_store_sees_the_outage_and_recovers(make_token: Any, softhsm_conf: Path) -> None:
+    import multiprocessing
+
+    cfg = make_token("forkout")
+    ks = KeyStore(cfg, backoff=(0.05, 0.2))
+    ks.generate("aes", KeyType.AES_256)
+    ctx: Any = multiprocessing.get_context("fork")
+    gone, back, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_child_through_outage, args=(ks, gone, back, out))
+    child.start()
+    try:
+        with token_unavailable(softhsm_conf, cfg.token_label):
+            gone.set()
+            assert out.get(timeout=20) == "saw-outage"
+        back.set()
+        assert out.get(timeout=20) == b"child-ok"
+    finally:
+        back.set()
+        child.join(20)
+    assert child.exitcode == 0
+    _wait_until(lambda: ks.status().available)
+    ks.close()
