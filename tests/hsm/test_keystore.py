@@ -534,3 +534,25 @@ def test_error_messages_never_contain_the_pin(keystore: KeyStore, token_config: 
             call()
         errors.append(info.value)
     assert all(token_config.pin not in str(e) for e in errors)
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (px.PinIncorrect(), WrongPin), (px.PinLocked(), WrongPin), (px.UserPinNotInitialized(), TokenNotInitialized),
+    (px.TokenNotPresent(), TokenUnavailable), (px.DeviceRemoved(), TokenUnavailable),
+    (px.SessionHandleInvalid(), TokenUnavailable), (px.MechanismInvalid(), MechanismUnsupported),
+    (px.MechanismParamInvalid(), MechanismUnsupported), (px.FunctionNotSupported(), MechanismUnsupported),
+    (px.KeyUnextractable(), KeyNotExtractable), (px.KeyTypeInconsistent(), WrongKeyType),
+    (px.EncryptedDataInvalid(), DecryptionFailed), (px.WrappedKeyInvalid(), DecryptionFailed),
+    (px.GeneralError(), hsm.HsmError), (px.PKCS11Error("Initialisation error (not initialized)."), TokenUnavailable),
+])
+def test_pkcs11_errors_map_to_hsm_errors(raised: Exception, expected: type[Exception]) -> None:
+    mapped = _p11.map_error(raised, "doing things")
+    assert type(mapped) is expected
+    assert isinstance(mapped, hsm.HsmError) and not isinstance(mapped, px.PKCS11Error)
+    assert mapped.__cause__ is None
+
+
+def test_lock_mode_is_a_closed_vocabulary(token_config: TokenConfig) -> None:
+    with pytest.raises(ValueError):
+        KeyStore(token_config, lock_mode="sometimes")
+    assert KeyStore(token_config, lock_mode=hsm.LockMode.GLOBAL).lock_mode is hsm.LockMode.GLOBAL
