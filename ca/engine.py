@@ -522,7 +522,7 @@ class CaEngine:
     @staticmethod
     def _sign_ca_certificate(*, subject: x509.Name, public_key: CertificatePublicKeyTypes, issuer: x509.Name,
                              issuer_ski: x509.SubjectKeyIdentifier, signer: SigningKey,
-                             hash_alg: hashes.HashAlgorithm, serial: int, not_before: dt.datetime,
+                             hash_alg: hashes.SHA256 | hashes.SHA384, serial: int, not_before: dt.datetime,
                              not_after: dt.datetime, path_length: int | None,
                              urls: tuple[str | None, str | None, str | None]) -> x509.Certificate:
         builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)

@@ -184,10 +184,10 @@ def evaluate(profile: Profile, *, ca_certificate: x509.Certificate, subject: x50
             if attr is None or rule is None:
                 bad(ViolationCode.SUBJECT_ATTRIBUTE_NOT_ALLOWED, where, "attribute not allowed by the profile")
                 continue
-            value = attribute.value
-            if not isinstance(value, str) or not value or len(value) > attr.max_length \
-                    or (attr is SubjectAttr.C and not re.fullmatch(r"[A-Z]{2}", value)) \
-                    or any(ord(c) < 0x20 for c in value):
+            text = attribute.value
+            if not isinstance(text, str) or not text or len(text) > attr.max_length \
+                    or (attr is SubjectAttr.C and not re.fullmatch(r"[A-Z]{2}", text)) \
+                    or any(ord(c) < 0x20 for c in text):
                 bad(ViolationCode.SUBJECT_ATTRIBUTE_SYNTAX, where,
                     f"must be 1..{attr.max_length} printable characters" + (" (ISO 3166 code)" if attr is SubjectAttr.C else ""))
                 continue
@@ -195,12 +195,12 @@ def evaluate(profile: Profile, *, ca_certificate: x509.Certificate, subject: x50
             if counts[attr] > rule.max_count:
                 bad(ViolationCode.SUBJECT_ATTRIBUTE_REPEATED, where, f"at most {rule.max_count} allowed")
                 continue
-            if not rule.matches(value):
-                bad(ViolationCode.SUBJECT_ATTRIBUTE_MISMATCH, where, f"{value!r} does not match the allowed patterns")
+            if not rule.matches(text):
+                bad(ViolationCode.SUBJECT_ATTRIBUTE_MISMATCH, where, f"{text!r} does not match the allowed patterns")
                 continue
             if attr is SubjectAttr.CN and cn is None:
-                cn = value
-            attributes.append(x509.NameAttribute(attribute.oid, value))
+                cn = text
+            attributes.append(x509.NameAttribute(attribute.oid, text))
     for attr, rule in profile.subject.items():
         if rule.required and attr not in counts:
             bad(ViolationCode.SUBJECT_ATTRIBUTE_MISSING, f"subject.{attr.value}", "required by the profile")
@@ -320,7 +320,7 @@ def issuer_ski(ca_certificate: x509.Certificate) -> x509.SubjectKeyIdentifier:
     try:
         return ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(ca_certificate.public_key())  # type: ignore[arg-type]
+        return x509.SubjectKeyIdentifier.from_public_key(ca_certificate.public_key())
 
 
 def is_ec_or_rsa(key: object) -> bool:

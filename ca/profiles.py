@@ -378,7 +378,6 @@ def builtin_profiles(ca: str, *, crl_url: str | None = None, ocsp_url: str | Non
       copied into the DNS SANs when it is a host name; DNS/IP/URI/email SANs); 1 year by
       default, at most 2.
     """
-    urls = {"crl_url": crl_url, "ocsp_url": ocsp_url, "ca_issuers_url": ca_issuers_url}
     ku_tls = frozenset({KeyUsageBit.DIGITAL_SIGNATURE, KeyUsageBit.KEY_ENCIPHERMENT})
     all_sans = {SanType.DNS: SanRule(patterns=(DNS_NAME,)), SanType.IP: SanRule(),
                 SanType.URI: SanRule(patterns=(r"(https?|spiffe|urn):[^\s]+",)),
@@ -389,19 +388,21 @@ def builtin_profiles(ca: str, *, crl_url: str | None = None, ocsp_url: str | Non
                 key_usage=ku_tls, extended_key_usage=(ExtendedKeyUsage.SERVER_AUTH,),
                 subject={SubjectAttr.CN: AttributeRule(patterns=(DNS_NAME,)), **_OPTIONAL_ORG},
                 san={SanType.DNS: SanRule(patterns=(DNS_NAME,)), SanType.IP: SanRule()},
-                require_san=True, copy_cn_to_san=True, **urls),
+                require_san=True, copy_cn_to_san=True, crl_url=crl_url, ocsp_url=ocsp_url,
+                ca_issuers_url=ca_issuers_url),
         Profile(name="tls-client", ca=ca, description="TLS client (clientAuth)", key_types=_ALL_KEYS,
                 default_validity=dt.timedelta(days=90), max_validity=dt.timedelta(days=397),
                 key_usage=frozenset({KeyUsageBit.DIGITAL_SIGNATURE}),
                 extended_key_usage=(ExtendedKeyUsage.CLIENT_AUTH,),
                 subject={SubjectAttr.CN: AttributeRule(required=True, patterns=(PRINTABLE,)), **_OPTIONAL_ORG},
-                san=all_sans, **urls),
+                san=all_sans, crl_url=crl_url, ocsp_url=ocsp_url, ca_issuers_url=ca_issuers_url),
         Profile(name="tls-mutual", ca=ca, description="TLS server and client (ONAP / microservices)",
                 key_types=_ALL_KEYS, default_validity=dt.timedelta(days=365), max_validity=dt.timedelta(days=730),
                 key_usage=ku_tls,
                 extended_key_usage=(ExtendedKeyUsage.SERVER_AUTH, ExtendedKeyUsage.CLIENT_AUTH),
                 subject={SubjectAttr.CN: AttributeRule(required=True, patterns=(PRINTABLE,)), **_OPTIONAL_ORG},
-                san=all_sans, copy_cn_to_san=True, **urls),
+                san=all_sans, copy_cn_to_san=True, crl_url=crl_url, ocsp_url=ocsp_url,
+                ca_issuers_url=ca_issuers_url),
     )
 
 

@@ -8,12 +8,11 @@ exception is server-side key generation, see :meth:`ca.engine.CaEngine.issue_wit
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, Union, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as _padding
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from hsm.types import KeyInfo, KeyType
 
@@ -58,8 +57,7 @@ class _CountingRSA(rsa.RSAPrivateKey):
     def public_key(self) -> rsa.RSAPublicKey:
         return self._inner.public_key()
 
-    def sign(self, data: bytes, padding: _padding.AsymmetricPadding,
-             algorithm: Prehashed | hashes.HashAlgorithm) -> bytes:
+    def sign(self, data: Any, padding: _padding.AsymmetricPadding, algorithm: Any) -> bytes:
         sig = self._inner.sign(data, padding, algorithm)
         self._on_sign()
         return sig
@@ -97,7 +95,7 @@ class _CountingEC(ec.EllipticCurvePrivateKey):
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._inner.public_key()
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         sig = self._inner.sign(data, signature_algorithm)
         self._on_sign()
         return sig
@@ -129,7 +127,7 @@ def counting_key(key: SigningKey, on_sign: Callable[[], None]) -> SigningKey:
     raise TypeError("CA keys are RSA or EC keys")
 
 
-def signature_hash(key_type: KeyType) -> hashes.HashAlgorithm:
+def signature_hash(key_type: KeyType) -> hashes.SHA256 | hashes.SHA384:
     """The hash a CA key of this type signs with: SHA-384 for P-384, SHA-256 otherwise
     (RSA signs PKCS#1 v1.5)."""
     return hashes.SHA384() if key_type is KeyType.EC_P384 else hashes.SHA256()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from ca import CaEngine, CreateIntermediateRequest, CreateRootRequest, MemoryRepository
+from ca import CaEngine, CaRecord, CreateIntermediateRequest, CreateRootRequest, MemoryRepository
 from hsm import KeyStore, KeyType
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
@@ -54,7 +54,7 @@ def engine(keystore: KeyStore, repo: MemoryRepository, clock: Clock) -> CaEngine
 
 
 @pytest.fixture
-def root(engine: CaEngine):
+def root(engine: CaEngine) -> CaRecord:
     """An EC P-256 root with the built-in profiles (URLs set)."""
     record = engine.create_root(CreateRootRequest(name="root", subject="CN=csm Test Root,O=csm,C=DE"))
     install(engine, "root")
@@ -62,7 +62,7 @@ def root(engine: CaEngine):
 
 
 @pytest.fixture
-def sub(engine: CaEngine, root):
+def sub(engine: CaEngine, root: CaRecord) -> CaRecord:
     """An EC P-256 intermediate under ``root`` with the built-in profiles."""
     record = engine.create_intermediate(CreateIntermediateRequest(
         name="sub", parent="root", subject="CN=csm Test Issuing CA,O=csm,C=DE",

@@ -85,7 +85,7 @@ def test_openssl_ocsp_client_accepts_good_revoked_and_unknown_answers_with_nonce
     engine.revoke(RevokeRequest(serial=bad.record.serial, reason=RevocationReason.KEY_COMPROMISE))
     issuer = write_pem(tmp_path / "issuer.pem", sub.certificate)
     anchors = write_pem(tmp_path / "anchors.pem", root.certificate, sub.certificate)
-    cases = [("-cert", write_pem(tmp_path / "good.pem", good.certificate), "good"),
+    cases: list[tuple[str, str | Path, str]] = [("-cert", write_pem(tmp_path / "good.pem", good.certificate), "good"),
              ("-cert", write_pem(tmp_path / "bad.pem", bad.certificate), "revoked"),
              ("-serial", str((1 << 150) + 7), "unknown")]
     for opt, value, status in cases:

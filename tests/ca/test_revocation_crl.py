@@ -40,13 +40,14 @@ def test_revoked_serial_appears_in_next_crl_and_openssl_reports_it_revoked(
     after = publisher.current("sub")
     assert after.number > before.number
     crl = x509.load_der_x509_crl(after.der)
-    assert crl.is_signature_valid(sub.certificate.public_key())  # type: ignore[arg-type]
+    assert crl.is_signature_valid(sub.certificate.public_key())  # type: ignore[arg-type,unused-ignore]
     entry = crl.get_revoked_certificate_by_serial_number(bad.record.serial)
     assert entry is not None and crl.get_revoked_certificate_by_serial_number(good.record.serial) is None
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is x509.ReasonFlags.key_compromise
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == after.number
     assert crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == \
         sub.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert crl.next_update_utc is not None
     assert crl.next_update_utc - crl.last_update_utc == CaSettings().crl_validity
     # openssl: the CRL verifies against the issuing CA ...
     crl_pem = write_pem(tmp_path / "sub.crl", after.pem)
