@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import NameOID
 
@@ -632,7 +632,7 @@ class CaEngine:
         del key
         return ServerKeyBundle(issued=issued, pkcs12=p12)
 
-    def _issue(self, *, ca_name: str, profile_name: str, subject: x509.Name, public_key: CertificatePublicKeyTypes,
+    def _issue(self, *, ca_name: str, profile_name: str, subject: x509.Name, public_key: PublicKeyTypes,
                sans: Sequence[x509.GeneralName], extensions: Sequence[x509.Extension[x509.ExtensionType]],
                requester: str, validity: dt.timedelta | None, not_after: dt.datetime | None,
                renewal_of: int | None, server_generated: bool = False) -> IssuedCertificate:
@@ -646,6 +646,7 @@ class CaEngine:
         plan = evaluate(profile, ca_certificate=ca_cert, subject=subject, public_key=public_key, sans=sans,
                         extensions=extensions, validity=validity, not_after=not_after, now=now,
                         server_keygen=server_generated)
+        assert isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))  # evaluate() admits no other
         exts = end_entity_extensions(profile, plan, public_key=public_key, issuer_ski=issuer_ski(ca_cert))
         signer = self._key(ca.name, ca.key_label, SignatureKind.CERTIFICATE)
         hash_alg = signature_hash(ca.key_type)

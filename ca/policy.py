@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from hsm.types import KeyType
@@ -116,7 +116,7 @@ def key_usage_extension(bits: frozenset[KeyUsageBit]) -> x509.KeyUsage:
 
 
 def evaluate(profile: Profile, *, ca_certificate: x509.Certificate, subject: x509.Name,
-             public_key: CertificatePublicKeyTypes, sans: Sequence[x509.GeneralName],
+             public_key: PublicKeyTypes, sans: Sequence[x509.GeneralName],
              extensions: Sequence[x509.Extension[x509.ExtensionType]], validity: dt.timedelta | None,
              not_after: dt.datetime | None, now: dt.datetime, server_keygen: bool = False) -> Plan:
     """Check a request against ``profile`` and return the certificate plan; raise

@@ -16,7 +16,7 @@ from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from client_sdk.cmp import RevocationReason
 from hsm.types import HashAlg, KeyType
@@ -341,7 +341,7 @@ class KeyIssueRequest:
     ca: str
     profile: str
     subject: x509.Name
-    public_key: CertificatePublicKeyTypes
+    public_key: PublicKeyTypes
     requester: str
     sans: tuple[x509.GeneralName, ...] = ()
     extensions: tuple[x509.Extension[x509.ExtensionType], ...] = ()

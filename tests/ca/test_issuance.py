@@ -336,3 +336,23 @@ def test_the_pkilint_harness_reports_findings(lint) -> None:
             .sign(key, hashes.SHA256()))
     findings = lint("cert", cert.public_bytes(serialization.Encoding.DER))
     assert any("uri" in f.lower() for f in findings), findings
+
+
+def test_concurrent_issuance_from_several_threads_records_every_certificate_once(engine: CaEngine, root) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    csrs = [make_csr(name(f"t{i}.example.com")) for i in range(40)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        issued = list(pool.map(lambda c: engine.issue(IssueRequest(ca="root", profile="tls-server", csr=c,
+                                                                   requester="threads")), csrs))
+    serials = {i.record.serial for i in issued}
+    assert len(serials) == 40
+    assert _serials_of(engine.search(CertificateQuery(requester="threads", limit=100))) == serials
+    for i in issued:
+        i.certificate.verify_directly_issued_by(root.certificate)
+    counts = {c.kind.value: c.count for c in engine.certificates.signature_counts("root")}
+    assert counts["certificate"] == 41  # self-signature + 40
+
+
+def _serials_of(records: list) -> set[int]:  # type: ignore[type-arg]
+    return {r.serial for r in records}
