@@ -32,9 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
-import pkcs11
 import pkcs11._pkcs11 as _native
-from pkcs11 import Attribute
 from pkcs11 import exceptions as px
 
 from .errors import (
@@ -310,11 +308,11 @@ class Module:
         rv = raw.finalize()
         if rv not in (CKR_OK, CKR_CRYPTOKI_NOT_INITIALIZED):
             log.debug("C_Finalize of %s returned 0x%x", self.path, rv)
-        self._c_initialize(raw)
-        with self.lock:
+        with self.lock:  # every session and handle is stale from here on, even if init fails
             self.generation += 1
             for conn in self.conns:
                 conn.forget_sessions()
+        self._c_initialize(raw)
 
     def want_lock_mode(self, lock_mode: LockMode) -> None:
         if lock_mode is LockMode.GLOBAL and self.global_lock is None:
@@ -847,5 +845,5 @@ def with_busy(conn: TokenConn, fn: Callable[[], Any]) -> Any:
 
 
 __all__ = ["AMBIGUOUS", "DECRYPT_FAILURE", "STALE_HANDLE", "LockMode", "Module", "PooledSession",
-           "TokenConn", "attach", "detach", "is_unavailable", "map_error", "module_lib", "pkcs11",
-           "Attribute"]
+           "TokenConn", "attach", "detach", "find_token", "is_unavailable", "map_error", "module_lib",
+           "with_busy"]
