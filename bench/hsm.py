@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -49,10 +50,19 @@ class Cell:
     threads: int
     ops: dict[str, int] = field(default_factory=lambda: {"raw": 0, "hsm": 0})
     secs: dict[str, float] = field(default_factory=lambda: {"raw": 0.0, "hsm": 0.0})
+    cpu: dict[str, float] = field(default_factory=lambda: {"raw": 0.0, "hsm": 0.0})
     slice_overheads: list[float] = field(default_factory=list)
+    slice_cpu_overheads: list[float] = field(default_factory=list)
 
     def rate(self, side: str) -> float:
         return self.ops[side] / self.secs[side] if self.secs[side] else 0.0
+
+    def cpu_per_op(self, side: str) -> float:
+        return self.cpu[side] / self.ops[side] if self.ops[side] else 0.0
+
+    @property
+    def cpu_overhead(self) -> float:
+        return statistics.median(self.slice_cpu_overheads)
 
     @property
     def overhead(self) -> float:
@@ -66,8 +76,14 @@ class Cell:
         return q[0], q[2]
 
 
-def run_slice(make_ops: list[Op], duration: float) -> tuple[int, float]:
-    """Run one op per thread in a loop for ``duration`` seconds; return (ops done, seconds)."""
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_slice(make_ops: list[Op], duration: float) -> tuple[int, float, float]:
+    """Run one op per thread in a loop for ``duration`` seconds; return (ops done, wall seconds,
+    CPU seconds of this process -- the token's work included, since SoftHSM runs in-process)."""
     n = len(make_ops)
     counts = [0] * n
     barrier = threading.Barrier(n + 1)
@@ -91,15 +107,17 @@ def run_slice(make_ops: list[Op], duration: float) -> tuple[int, float]:
     threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
+    cpu0 = _cpu()
     start = time.perf_counter()
     stop_at[0] = start + duration
     barrier.wait()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    cpu = _cpu() - cpu0
     if errors:
         raise errors[0]
-    return sum(counts), elapsed
+    return sum(counts), elapsed, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,8 +198,8 @@ def _bench(module: str, pin: str, args: Any, thread_counts: list[int]) -> int:
     selected = [o.strip() for o in args.ops.split(",") if o.strip()]
     for name in selected:  # warm up both sides (pool sessions, handle caches)
         _, raw_factory, hsm_op = ops[name]
-        run_slice([hsm_op] * max_threads, 0.1)
-        run_slice([raw_factory(raw_keys[i]) for i in range(max_threads)], 0.1)
+        run_slice([hsm_op] * max_threads, 0.2)
+        run_slice([raw_factory(raw_keys[i]) for i in range(max_threads)], 0.2)
 
     cells: list[Cell] = []
     load_before = _loadavg()
@@ -197,29 +215,36 @@ def _bench(module: str, pin: str, args: Any, thread_counts: list[int]) -> int:
             hsm_threads = [hsm_op] * n
             for s in range(args.slices):
                 order = ("raw", "hsm") if s % 2 == 0 else ("hsm", "raw")
-                rates = {}
+                rates, cpus = {}, {}
                 for side in order:
-                    done, secs = run_slice(raw_threads if side == "raw" else hsm_threads, slice_len)
+                    done, secs, cpu = run_slice(raw_threads if side == "raw" else hsm_threads, slice_len)
                     cell.ops[side] += done
                     cell.secs[side] += secs
+                    cell.cpu[side] += cpu
                     rates[side] = done / secs
+                    cpus[side] = cpu / max(done, 1)
                 cell.slice_overheads.append(rates["raw"] / rates["hsm"] - 1.0)
+                cell.slice_cpu_overheads.append(cpus["hsm"] / cpus["raw"] - 1.0)
             cells.append(cell)
             print(f"  measured {label} x{n}", file=sys.stderr, flush=True)
     total = time.perf_counter() - started
 
     print()
-    print(f"{'operation':<24}{'threads':>8}{'raw ops/s':>12}{'hsm ops/s':>12}{'overhead':>10}{'IQR of slices':>20}")
-    print("-" * 86)
+    print(f"{'operation':<22}{'thr':>4}{'raw ops/s':>11}{'hsm ops/s':>11}{'overhead':>10}{'IQR of slices':>19}"
+          f"{'raw CPU/op':>12}{'hsm CPU/op':>12}{'CPU ovh':>9}")
+    print("-" * 110)
     for c in cells:
         lo, hi = c.spread
-        print(f"{c.name:<24}{c.threads:>8}{c.rate('raw'):>12.0f}{c.rate('hsm'):>12.0f}"
-              f"{c.overhead * 100:>+9.1f}%{f'{lo * 100:+.1f}% .. {hi * 100:+.1f}%':>20}")
-    print("-" * 86)
+        print(f"{c.name:<22}{c.threads:>4}{c.rate('raw'):>11.0f}{c.rate('hsm'):>11.0f}"
+              f"{c.overhead * 100:>+9.1f}%{f'{lo * 100:+.1f}% .. {hi * 100:+.1f}%':>19}"
+              f"{c.cpu_per_op('raw') * 1e6:>10.1f}us{c.cpu_per_op('hsm') * 1e6:>10.1f}us"
+              f"{c.cpu_overhead * 100:>+8.1f}%")
+    print("-" * 110)
     worst = max(c.overhead for c in cells)
-    print(f"overhead = median over paired slices of raw/hsm - 1 (positive: hsm slower); ops/s = totals.\n"
-          f"worst cell {worst * 100:+.1f}% (target < +10%); load average {_loadavg()} (before: {load_before});"
-          f" measuring took {total:.1f} s")
+    print("overhead = median over paired slices of (raw ops/s) / (hsm ops/s) - 1, positive: hsm slower;\n"
+          "CPU/op = this process's user+sys CPU per operation (SoftHSM runs in-process), CPU ovh likewise paired;\n"
+          f"worst throughput cell {worst * 100:+.1f}% (target < +10%); load average {_loadavg()} "
+          f"(before: {load_before}); measuring took {total:.1f} s")
     ks.close()
     return 0
 
