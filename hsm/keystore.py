@@ -406,12 +406,14 @@ class KeyStore:
                 raise TokenUnavailable(f"token {conn.label!r} is unavailable")
             raise KeyNotFound(label)
         obj = keys[0]
-        meta = conn.meta.get(label)
-        if meta is None or meta.epoch != epoch:
-            meta = _meta_from_attrs(obj.get_attributes(_META_ATTRS), epoch)
-            if meta is None:
-                raise WrongKeyType(f"key {label!r} is of a type the key store does not use")
-            conn.meta[label] = meta
+        # One attribute read per (session, label) miss. It also catches a key that another process
+        # replaced under the same label: different CKA_ID, so the shared metadata is renewed.
+        fresh = _meta_from_attrs(obj.get_attributes(_META_ATTRS), epoch)
+        if fresh is None:
+            raise WrongKeyType(f"key {label!r} is of a type the key store does not use")
+        meta: _Meta | None = conn.meta.get(label)
+        if meta is None or meta.epoch != epoch or meta.key_id != fresh.key_id:
+            conn.meta[label] = meta = fresh
         cached = _CachedKey(obj, meta.key_type, epoch)
         ps.keys[label] = cached
         return cached

@@ -246,6 +246,25 @@ def test_key_destroyed_behind_the_stores_back_is_not_served_from_the_handle_cach
         keystore.encrypt(label, b"x")
 
 
+def test_key_replaced_behind_the_stores_back_is_picked_up(keystore: KeyStore, unique: str, raw_session: Any) -> None:
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    label = f"replaced-{unique}"
+    keystore.generate(label, KeyType.EC_P256)
+    old_pub: Any = keystore.public_key(label)
+    keystore.sign(label, b"warm", SignatureScheme.ECDSA, HashAlg.SHA256)  # handle cached
+    for obj in raw_session.get_objects({Attribute.LABEL: label}):
+        obj.destroy()
+    params = raw_session.create_domain_parameters(
+        pkcs11.KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+    params.generate_keypair(store=True, label=label, id=b"other-writer")
+    sig = keystore.sign(label, b"m", SignatureScheme.ECDSA, HashAlg.SHA256)
+    new_pub: Any = keystore.public_key(label)
+    assert new_pub.public_numbers() != old_pub.public_numbers()
+    new_pub.verify(sig, b"m", ec.ECDSA(hashes.SHA256()))
+    assert keystore.get(label).key_id == b"other-writer"
+
+
 def test_recreated_label_uses_the_new_key(keystore: KeyStore, unique: str) -> None:
     label = f"again-{unique}"
     keystore.generate(label, KeyType.EC_P256)
