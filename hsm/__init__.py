@@ -13,6 +13,7 @@ from .errors import (
     KeyNotExtractable,
     KeyNotFound,
     MechanismUnsupported,
+    PinUnavailable,
     PolicyMismatch,
     SealError,
     TokenNotInitialized,
@@ -28,6 +29,6 @@ from .types import HashAlg, KeyInfo, KeyType, SignatureScheme, TokenConfig
 __all__ = [
     "DecryptionFailed", "DuplicateLabel", "HashAlg", "HsmECPrivateKey", "HsmError", "HsmRSAPrivateKey",
     "InvalidKeyMaterial", "KeyInfo", "KeyNotExtractable", "KeyNotFound", "KeyStore", "KeyType", "LockMode",
-    "MechanismUnsupported", "PolicyMismatch", "SealError", "SignatureScheme", "TokenConfig",
+    "MechanismUnsupported", "PinUnavailable", "PolicyMismatch", "SealError", "SignatureScheme", "TokenConfig",
     "TokenNotInitialized", "TokenStatus", "TokenUnavailable", "TpmUnavailable", "WrongKeyType", "WrongPin",
 ]

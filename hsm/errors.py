@@ -67,3 +67,14 @@ class TpmUnavailable(SealError):
 
 class PolicyMismatch(SealError):
     """The TPM refused to unseal: the PCR values differ from those the secret was sealed to."""
+
+
+class PinUnavailable(SealError):
+    """A PIN source cannot provide a PIN (missing or empty variable/file, unsafe file mode, ...).
+
+    ``source`` is the source's ``describe()`` text (never the PIN).
+    """
+
+    def __init__(self, message: str, *, source: str) -> None:
+        super().__init__(message)
+        self.source = source

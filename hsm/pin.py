@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
+from .errors import PinUnavailable as PinUnavailable  # re-exported: it used to be defined here
 from .errors import SealError
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,6 @@ PIN_BYTES: Final = 24
 
 _ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TCTI: Final = re.compile(r"^[A-Za-z0-9_.+-]+(?::.*)?$", re.DOTALL)
-
-
-class PinUnavailable(SealError):
-    """The PIN source cannot provide a PIN (missing or empty variable/file, unsafe file mode, ...).
-
-    ``source`` is the source's :meth:`PinSource.describe` text (never the PIN).
-    """
-
-    def __init__(self, message: str, *, source: str) -> None:
-        super().__init__(message)
-        self.source = source
 
 
 @runtime_checkable

@@ -44,6 +44,7 @@ class Settings:
     hsm_token_label: str = _s("csm", "Label of the PKCS#11 token.")
     hsm_pin_source: str = _s("", "Where the token user PIN comes from: tpm:<blob>@<tcti>, env:VAR or file:PATH; empty = what `csm init` provisioned.")
     hsm_tpm_tcti: str = _s("", "TCTI of a TPM 2.0 used to seal the PIN at init (e.g. device:/dev/tpmrm0); empty = auto-detect /dev/tpmrm0.")
+    hsm_tpm_pcrs: str = _s("", "PCRs the sealed PIN is bound to at init (e.g. sha256:0,7); unsealing fails once they change. Empty = no PCR policy.")
     hsm_lock: str = _s("os", "PKCS#11 locking: 'os' (module locking, one session per thread) or 'global' (one process-wide lock).", choices=("os", "global"))
     server: str = _s("granian", "WSGI server: granian (fastest) or gunicorn (needed for client-certificate identities).", choices=("granian", "gunicorn"))
     workers: int = _s(2, "Worker processes (each opens its own PKCS#11 session after the fork).", kind=int)
@@ -202,6 +203,20 @@ def validate(s: Settings) -> None:
         raise ConfigError("max_body_bytes must be at least 1024")
     if s.token_ttl < 1 or s.token_max_ttl < s.token_ttl:
         raise ConfigError("token_ttl must be positive and at most token_max_ttl")
+    if s.hsm_pin_source:
+        from hsm.pin import pin_source_from_spec
+
+        try:  # parsing only: no file, variable or TPM is touched here
+            pin_source_from_spec(s.hsm_pin_source)
+        except ValueError as exc:
+            raise ConfigError(f"hsm_pin_source: {exc}") from None
+    if s.hsm_tpm_pcrs:
+        from hsm.tpm import parse_pcr_selection
+
+        try:
+            parse_pcr_selection(s.hsm_tpm_pcrs)
+        except ValueError as exc:
+            raise ConfigError(f"hsm_tpm_pcrs: {exc}") from None
 
 
 def settings_table_markdown() -> str:

@@ -43,3 +43,40 @@ def test_unknown_config_key_is_refused(tmp_path):
 def test_settings_hold_no_pin_or_token():
     names = {f for f in Settings.__dataclass_fields__}
     assert not any(("pin" == n or n.endswith("_pin") or n.endswith("token")) for n in names)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("/run/csm-pin", "expected tpm:"),
+    ("file:relative/pin", "absolute path"),
+    ("env:1BAD", "variable name"),
+    ("tpm:/var/lib/csm/pin.sealed@", "empty TCTI"),
+    ("vault:secret/pin", "unknown kind"),
+])
+def test_malformed_pin_source_is_refused_at_load(spec, fragment):
+    with pytest.raises(ConfigError, match=f"hsm_pin_source: .*{fragment}"):
+        load_settings(env={"CSM_HSM_PIN_SOURCE": spec})
+
+
+def test_well_formed_pin_sources_load_without_touching_them(tmp_path):
+    for spec in ("env:CSM_NOT_SET_ANYWHERE", f"file:{tmp_path}/missing", f"tpm:{tmp_path}/x.sealed@swtpm:port=1"):
+        assert load_settings(env={"CSM_HSM_PIN_SOURCE": spec}).hsm_pin_source == spec
+
+
+def test_malformed_pcr_selection_is_refused_at_load():
+    with pytest.raises(ConfigError, match="hsm_tpm_pcrs"):
+        load_settings(env={"CSM_HSM_TPM_PCRS": "sha256:24"})
+    assert load_settings(env={"CSM_HSM_TPM_PCRS": "sha256:0,7"}).hsm_tpm_pcrs == "sha256:0,7"
+
+
+def test_cli_exits_2_with_one_line_on_a_malformed_pin_source(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "CSM_DATA_DIR": str(tmp_path / "d"), "CSM_HSM_PIN_SOURCE": "file:pin"}
+    for verb in (["config", "show"], ["serve"], ["init"]):
+        r = subprocess.run([sys.executable, "-m", "sms.cli", *verb], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2, (verb, r.stderr)
+        assert r.stderr.startswith("csm: error: hsm_pin_source:") and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was created
