@@ -1,0 +1,337 @@
+"""The CMP service: one :class:`ca.cmp.CmpServer` per CMP profile, built from the stored profile
+and the CA engine; approvals of held requests; the confirm-timeout sweeper. No Flask here.
+
+Servers are cached per process and rebuilt when the profile's version changes (one indexed
+read per request), so an edit made through another worker takes effect on the next request.
+Responses are signed by the profile's CA key in the token (it has digitalSignature) and
+counted in the CA's signature statistics as "other".
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import datetime as _dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ca import CaEngine, CaNotFound, ProfileNotFound, SignatureKind
+from ca.types import describe_key
+from ca.cmp import (
+    CmpProfileConfig,
+    CmpServer,
+    Requester,
+    ResponseSigner,
+    Transaction,
+    TransactionState,
+)
+from ca.cmp.server import _Outcome
+from ca.cmp_issuer import EngineIssuer
+from client_sdk.cmp import BodyType, CertRepMessageBody, PKIMessage, RevocationReason
+from client_sdk.cmp import errors as cmp_errors
+
+from .errors import CmpRequestNotFound, CmpRequestNotPending, CmpUnavailable, InvalidCmpProfile
+from .store import (
+    CmpProfile,
+    RequestProtection,
+    ResponseProtection,
+    SqlCmpProfileStore,
+    SqlTransactionStore,
+)
+
+log = logging.getLogger(__name__)
+
+_REPORT: contextvars.ContextVar[CmpReport | None] = contextvars.ContextVar("csm_cmp_report", default=None)
+
+
+@dataclasses.dataclass
+class CmpReport:
+    """What one CMP exchange was, for the audit log (names and IDs only, never secrets)."""
+
+    profile: str = ""
+    request: str = "undecodable"
+    transaction_id: str = ""
+    sender: str = ""
+    sender_kid: str = ""
+    auth: str = ""
+    response: str = ""
+    status: str = ""
+    failure: str = ""
+
+    def detail(self) -> dict[str, str]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v}
+
+
+def _printable(kid: bytes | None) -> str:
+    if not kid:
+        return ""
+    try:
+        text = kid.decode("ascii")
+        if text.isprintable():
+            return text[:128]
+    except UnicodeDecodeError:
+        pass
+    return "0x" + kid.hex()[:64]
+
+
+class ReportingCmpServer(CmpServer):
+    """CmpServer that notes request and outcome in the current :class:`CmpReport`."""
+
+    def _authenticate(self, msg: PKIMessage) -> Requester:
+        rep = _REPORT.get()
+        if rep is not None:
+            h = msg.header
+            rep.request = msg.body_type.asn1_name
+            rep.transaction_id = (h.transaction_id or b"").hex()[:64]
+            rep.sender_kid = _printable(h.sender_kid)
+            value = getattr(h.sender, "value", None)
+            rep.sender = (value.rfc4514_string() if hasattr(value, "rfc4514_string") else str(value or ""))[:256]
+        requester = super()._authenticate(msg)
+        if rep is not None:
+            rep.auth = requester.auth.value
+        return requester
+
+    def _respond(self, request: Any, out: _Outcome, requester: Requester | None) -> bytes:
+        rep = _REPORT.get()
+        if rep is not None:
+            rep.response = out.body.body_type.asn1_name
+            body = out.body
+            if isinstance(body, CertRepMessageBody) and body.responses:
+                st = body.responses[0].status
+                rep.status = st.status.name.lower()
+                if st.fail_info:
+                    rep.failure = ",".join(sorted(f.name for f in st.fail_info))
+        return super()._respond(request, out, requester)
+
+    def _error(self, request: Any, error: cmp_errors.CmpError, requester: Requester | None) -> bytes:
+        rep = _REPORT.get()
+        if rep is not None:
+            rep.failure = type(error).__name__
+        return super()._error(request, error, requester)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepReport:
+    revoked: int
+    purged: int
+
+
+class CmpService:
+    def __init__(self, profiles: SqlCmpProfileStore, transactions: SqlTransactionStore,
+                 engine: Callable[[], CaEngine], *, sweep_interval: float = 30.0,
+                 retention: _dt.timedelta = _dt.timedelta(days=7),
+                 clock: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc)) -> None:
+        self.profiles = profiles
+        self.transactions = transactions
+        self._engine = engine
+        self._sweep_interval = sweep_interval
+        self._retention = retention
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._servers: dict[str, tuple[int, CmpServer]] = {}
+        self._next_sweep = 0.0
+
+    # ---- profiles (management) ------------------------------------------------------------------
+
+    def _check_ca(self, p: CmpProfile) -> None:
+        engine = self._engine()
+        try:
+            engine.get_ca(p.ca)
+        except CaNotFound:
+            raise InvalidCmpProfile(f"no CA named {p.ca!r}") from None
+        try:
+            engine.get_profile(p.ca, p.cert_profile)
+        except ProfileNotFound:
+            raise InvalidCmpProfile(f"CA {p.ca!r} has no certificate profile {p.cert_profile!r}") from None
+
+    def create_profile(self, profile: CmpProfile, secrets: Mapping[str, bytes | str] | None = None) -> CmpProfile:
+        from .store import validate_profile
+
+        validate_profile(profile)
+        self._check_ca(profile)
+        return self.profiles.create(profile, secrets)
+
+    def update_profile(self, name: str, changes: Mapping[str, Any], **kw: Any) -> CmpProfile:
+        if "ca" in changes or "cert_profile" in changes:
+            current = self.profiles.get(name)
+            self._check_ca(dataclasses.replace(current, **{k: v for k, v in changes.items()
+                                                           if k in ("ca", "cert_profile")}))
+        out = self.profiles.update(name, changes, **kw)
+        self.invalidate(name)
+        return out
+
+    def delete_profile(self, name: str) -> None:
+        self.profiles.delete(name)
+        self.invalidate(name)
+
+    def invalidate(self, name: str | None = None) -> None:
+        with self._lock:
+            if name is None:
+                self._servers.clear()
+            else:
+                self._servers.pop(name, None)
+
+    # ---- serving ------------------------------------------------------------------------------------
+
+    def resolve(self, name: str | None) -> str:
+        """The profile name for a request path (None = the default profile); CmpProfileNotFound."""
+        from .errors import CmpProfileNotFound
+
+        found = self.profiles.version(name)
+        if found is None:
+            raise CmpProfileNotFound(name or "(default)")
+        return found[0]
+
+    def server_for(self, name: str | None) -> CmpServer:
+        from .errors import CmpProfileNotFound
+
+        found = self.profiles.version(name)
+        if found is None:
+            raise CmpProfileNotFound(name or "(default)")
+        pname, version = found
+        cached = self._servers.get(pname)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        profile = self.profiles.get(pname)
+        server = self._build(profile)
+        with self._lock:
+            self._servers[pname] = (profile.version, server)
+        return server
+
+    def _build(self, p: CmpProfile) -> CmpServer:
+        engine = self._engine()
+        try:
+            ca = engine.get_ca(p.ca)
+        except CaNotFound:
+            raise CmpUnavailable(f"the CA {p.ca!r} of CMP profile {p.name!r} does not exist") from None
+        chain = engine.chain(p.ca)
+        signer = ResponseSigner(engine.signing_key(p.ca, SignatureKind.OTHER), ca.certificate, tuple(chain[1:]))
+        secrets = self.profiles.sealed_secrets(p.name) if p.request_protection in (
+            RequestProtection.ANY, RequestProtection.MAC, RequestProtection.NONE) else {}
+        defaults = CmpProfileConfig(name=p.name, ca_name=ca.certificate.subject)
+        cfg = CmpProfileConfig(
+            name=p.name, ca_name=ca.certificate.subject, shared_secrets=secrets,
+            trust_anchors=p.trust_anchors if p.request_protection is not RequestProtection.MAC else (),
+            implicit_confirm_allowed=p.implicit_confirm, confirm_timeout=_dt.timedelta(seconds=p.confirm_timeout),
+            require_protection=p.request_protection is not RequestProtection.NONE,
+            protect_responses=p.response_protection is ResponseProtection.IN_KIND,
+            allow_ra_verified_pop=p.ra_verified_pop, allow_same_key_kur=p.same_key_kur,
+            approval_required=p.approval_required, poll_interval=p.poll_interval,
+            message_time_window=_dt.timedelta(seconds=p.message_time_window),
+            mac_allowed_for=frozenset() if p.request_protection is RequestProtection.SIGNATURE
+            else defaults.mac_allowed_for,
+            revocation_by_owner_only=p.revocation_by_owner_only, response_pbm_iterations=p.response_pbm_iterations)
+        issuer = EngineIssuer(engine, p.ca, profiles={p.name: p.cert_profile})
+        return ReportingCmpServer(cfg, issuer=issuer, transactions=self.transactions, signer=signer,
+                                  clock=self._clock)
+
+    def handle(self, name: str | None, request: bytes) -> tuple[bytes, CmpReport]:
+        """DER in, DER out for the profile ``name`` (None = default). Raises CmpProfileNotFound /
+        CmpUnavailable before any protocol processing; protocol failures are CMP answers."""
+        server = self.server_for(name)
+        self.maybe_sweep()
+        report = CmpReport(profile=server.profile.name)
+        token = _REPORT.set(report)
+        try:
+            return server.handle(request), report
+        finally:
+            _REPORT.reset(token)
+
+    # ---- approvals --------------------------------------------------------------------------------
+
+    def pending(self, profile: str | None = None, *, limit: int = 100) -> list[Transaction]:
+        if profile is not None:
+            self.profiles.get(profile)
+        return self.transactions.list(profile=profile, state=TransactionState.PENDING_APPROVAL, limit=limit)
+
+    def _decide(self, profile: str, tid_hex: str, to: TransactionState, reason: str) -> Transaction:
+        try:
+            tid = bytes.fromhex(tid_hex)
+        except ValueError:
+            raise CmpRequestNotFound(profile, tid_hex[:64]) from None
+        txn = self.transactions.lookup(profile, tid)
+        if txn is None:
+            raise CmpRequestNotFound(profile, tid_hex)
+        if not self.transactions.transition(profile, tid, TransactionState.PENDING_APPROVAL, to, reason):
+            current = self.transactions.lookup(profile, tid)
+            raise CmpRequestNotPending(profile, tid_hex, current.state.value if current else "gone")
+        out = self.transactions.lookup(profile, tid)
+        assert out is not None
+        return out
+
+    def approve(self, profile: str, tid_hex: str, *, by: str = "") -> Transaction:
+        """The certificate is issued when the client polls next."""
+        return self._decide(profile, tid_hex, TransactionState.APPROVED, f"approved by {by}"[:200] if by else "")
+
+    def reject(self, profile: str, tid_hex: str, *, reason: str = "", by: str = "") -> Transaction:
+        text = reason.strip()[:200] or "request rejected by an operator"
+        return self._decide(profile, tid_hex, TransactionState.REJECTED, text)
+
+    # ---- the confirm-timeout sweeper -------------------------------------------------------------
+
+    def maybe_sweep(self) -> None:
+        """Run :meth:`sweep` if this process has not done so for ``sweep_interval`` seconds."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        with self._lock:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + self._sweep_interval
+        try:
+            self.sweep()
+        except Exception:  # noqa: BLE001 - the sweep is housekeeping; the request goes on
+            log.exception("CMP confirm-timeout sweep failed")
+
+    def sweep(self, *, limit: int = 100) -> SweepReport:
+        """Revoke certificates whose certConf did not arrive before the deadline; purge finished
+        transactions older than the retention period."""
+        now = self._clock()
+        revoked = 0
+        engine: CaEngine | None = None
+        for txn in self.transactions.unconfirmed_before(now, limit=limit):
+            cert = txn.certificate
+            if cert is None:
+                continue
+            try:
+                profile = self.profiles.get(txn.profile)
+                engine = engine or self._engine()
+                issuer = EngineIssuer(engine, profile.ca, profiles={profile.name: profile.cert_profile})
+                issuer.revoke(cert.serial_number, cert.issuer, RevocationReason.CESSATION_OF_OPERATION,
+                              txn.requester)
+                revoked += 1
+            except (cmp_errors.CertRevoked, cmp_errors.BadCertId):
+                pass
+            except Exception:  # noqa: BLE001 - leave it for the next sweep
+                log.exception("could not revoke the unconfirmed certificate %#x", cert.serial_number)
+                continue
+            self.transactions.transition(txn.profile, txn.transaction_id, TransactionState.WAITING_CONFIRM,
+                                         TransactionState.FINISHED, "not confirmed in time; certificate revoked")
+            log.info("CMP profile %s: certificate %#x not confirmed in time, revoked", txn.profile,
+                     cert.serial_number)
+        purged = self.transactions.purge_finished(now - self._retention)
+        return SweepReport(revoked=revoked, purged=purged)
+
+
+def describe(txn: Transaction) -> dict[str, Any]:
+    """A held or finished request as the management API shows it (no secrets, no key material)."""
+    req = txn.issue_request
+    r = txn.requester
+    sender = getattr(r.sender, "value", None)
+    out: dict[str, Any] = {
+        "profile": txn.profile, "transaction_id": txn.transaction_id.hex(), "state": txn.state.value,
+        "request_type": txn.request_type.asn1_name, "created": txn.created.isoformat(),
+        "requester": {"auth": r.auth.value, "sender": sender.rfc4514_string() if hasattr(sender, "rfc4514_string")
+                      else str(sender or ""), "reference": _printable(r.sender_kid) or None,
+                      "certificate_serial": format(r.certificate.serial_number, "x") if r.certificate else None},
+        "reason": txn.reason or None,
+    }
+    if req is not None:
+        out["subject"] = req.subject.rfc4514_string()
+        out["key"] = describe_key(req.public_key)
+        out["body_type"] = BodyType(req.body_type).asn1_name
+    if txn.certificate is not None:
+        out["certificate_serial"] = format(txn.certificate.serial_number, "x")
+    return out
