@@ -63,6 +63,7 @@ class Settings:
     vault_token_source: str = _s("", "Where the OpenBao/Vault token comes from: env:VAR or file:PATH (never the token itself).")
     vault_ca_cert: str = _s("", "CA bundle to verify OpenBao/Vault's TLS certificate; empty = system trust.")
     onap_anonymous_policies: str = _s("", "Comma-separated policies granted to callers of the ONAP /v1/sms routes that present no token or client certificate; empty = refuse them (401).")
+    cmp_max_body_bytes: int = _s(65536, "Largest accepted CMP message (POST /.well-known/cmp), in bytes.", kind=int)
     client_cert_rules: str = _s("", "JSON file mapping client-certificate subjects/SANs to policies (needs --server gunicorn and --tls-client-ca).")
 
     # ---- derived paths -------------------------------------------------------------
