@@ -31,7 +31,9 @@ class CsmClient:
     ) -> None:
         self.addr = addr.rstrip("/")
         self._session = requests.Session()
-        self._session.verify = ca_cert if (ca_cert and verify) else verify
+        # Passed on every request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+        self._verify: bool | str = ca_cert if (ca_cert and verify) else verify
+        self._session.verify = self._verify
         if client_cert:
             self._session.cert = client_cert
         if token:
@@ -46,7 +48,7 @@ class CsmClient:
                 ok: tuple[int, ...] = ()) -> requests.Response:
         try:
             resp = self._session.request(method, self.addr + path, json=json, params=params, headers=headers,
-                                         data=data, timeout=self.timeout)
+                                         data=data, timeout=self.timeout, verify=self._verify)
         except requests.exceptions.SSLError as exc:
             raise TransportError(0, "TLS error", f"TLS handshake with {self.addr} failed: {type(exc).__name__}") from None
         except requests.RequestException as exc:
