@@ -26,6 +26,7 @@ FEATURES: list[tuple[str, tuple[str, ...]]] = [
     ("sms.audit.views", ("blp",)),
     ("sms.secrets.views", ("blp",)),
     ("sms.secrets.onap", ("blp",)),
+    ("sms.ca.views", ("blp",)),
     ("sms.cmp.views", ("wellknown", "blp")),
 ]
 

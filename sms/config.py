@@ -65,6 +65,10 @@ class Settings:
     onap_anonymous_policies: str = _s("", "Comma-separated policies granted to callers of the ONAP /v1/sms routes that present no token or client certificate; empty = refuse them (401).")
     cmp_max_body_bytes: int = _s(65536, "Largest accepted CMP message (POST /.well-known/cmp), in bytes.", kind=int)
     client_cert_rules: str = _s("", "JSON file mapping client-certificate subjects/SANs to policies (needs --server gunicorn and --tls-client-ca).")
+    # ---- certificate authority ----
+    ca_public_url: str = _s("", "Base URL written into issued certificates for the CRL distribution point, OCSP and CA issuers (built-in profiles); empty = the service URL.")
+    tls_ca: str = _s("", "CA (by name) that issues the service's own TLS certificate; empty = the bootstrap CA.")
+    tls_profile: str = _s("tls-server", "Profile of tls_ca used for the service's own TLS certificate.")
 
     # ---- derived paths -------------------------------------------------------------
     @property

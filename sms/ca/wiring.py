@@ -6,8 +6,11 @@ Other front ends (REST views, the CMP service, the CLI) all reach the engine thr
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from ca import CaEngine, CrlPublisher, OcspResponder
+from ca.signer import PublicKey, SigningKey
+from hsm.types import KeyInfo, KeyType
 
 from ..runtime import Services
 from .store import SqlCaStore
@@ -17,6 +20,37 @@ EXTRA_KEY = "ca"
 _STORE_KEY = "ca.store"
 _CRL_KEY = "ca.crl"
 _OCSP_KEY = "ca.ocsp"
+
+
+class TokenKeys:
+    """The engine's :class:`ca.signer.KeyProvider` over the service's lazily opened key store
+    (whose own ``get()`` returns the store, so the label lookups are spelled out here)."""
+
+    def __init__(self, lazy: Any) -> None:
+        self._lazy = lazy
+
+    def generate(self, label: str, key_type: KeyType) -> KeyInfo:
+        info: KeyInfo = self._lazy.get().generate(label, key_type)
+        return info
+
+    def import_private_key(self, label: str, data: bytes, password: bytes | str | None = None) -> KeyInfo:
+        info: KeyInfo = self._lazy.get().import_private_key(label, data, password)
+        return info
+
+    def private_key(self, label: str) -> SigningKey:
+        key: SigningKey = self._lazy.get().private_key(label)
+        return key
+
+    def public_key(self, label: str) -> PublicKey:
+        key: PublicKey = self._lazy.get().public_key(label)
+        return key
+
+    def get(self, label: str) -> KeyInfo:
+        info: KeyInfo = self._lazy.get().get(label)
+        return info
+
+    def destroy(self, label: str) -> None:
+        self._lazy.get().destroy(label)
 
 
 def ca_store(svc: Services) -> SqlCaStore:
@@ -42,7 +76,7 @@ def ca_engine(svc: Services) -> CaEngine:
     with _LOCK:
         engine = svc.extras.get(EXTRA_KEY)
         if engine is None:
-            engine = CaEngine(keys=svc.keystore, cas=store, certificates=store)
+            engine = CaEngine(keys=TokenKeys(svc.keystore), cas=store, certificates=store)
             svc.extras[EXTRA_KEY] = engine
     return engine
 
@@ -74,4 +108,4 @@ def ocsp_responder(svc: Services, ca_name: str) -> OcspResponder:
     return responder
 
 
-__all__ = ["ca_engine", "ca_store", "crl_publisher", "ocsp_responder"]
+__all__ = ["TokenKeys", "ca_engine", "ca_store", "crl_publisher", "ocsp_responder"]
