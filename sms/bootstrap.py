@@ -21,6 +21,7 @@ from hsm.softhsm import DEFAULT_MODULE, init_token, token_exists, write_softhsm_
 
 from . import db
 from .config import Settings
+from .errors import ConfigError
 from .runtime import AUDIT_MAC_KEY, Services, build_services, prepare_module_env
 from .tls import ensure_server_cert
 
@@ -67,7 +68,9 @@ def ensure_token(settings: Settings, progress: Progress) -> tuple[str, bool]:
     tcti = _detect_tcti(settings)
     progress(f"creating SoftHSM token {settings.hsm_token_label!r} in {conf.parent}"
              + (f", sealing its PIN to the TPM at {tcti}" if tcti else ""))
-    source, description = provision_pin(settings.data_path / "hsm", tcti, None)
+    if settings.hsm_tpm_pcrs and not tcti:
+        raise ConfigError("hsm_tpm_pcrs needs a TPM: set --hsm-tpm-tcti (no /dev/tpmrm0 here)")
+    source, description = provision_pin(settings.data_path / "hsm", tcti, settings.hsm_tpm_pcrs or None)
     so_pin = secrets.token_urlsafe(24)  # never stored: the SO role is not used by csm
     init_token(conf, settings.hsm_token_label, so_pin, source.get_pin())
     recorded.write_text(source.spec() + "\n")
