@@ -4,7 +4,9 @@ and the CA engine; approvals of held requests; the confirm-timeout sweeper. No F
 Servers are cached per process and rebuilt when the profile's version changes (one indexed
 read per request), so an edit made through another worker takes effect on the next request.
 Responses are signed by the profile's CA key in the token (it has digitalSignature) and
-counted in the CA's signature statistics as "other".
+counted in the CA's signature statistics as "other". A profile without trust anchors trusts the
+root of its own CA for signature-protected requests (certificates the CA issued authenticate
+kur, rr and further requests).
 """
 from __future__ import annotations
 
@@ -213,7 +215,8 @@ class CmpService:
         defaults = CmpProfileConfig(name=p.name, ca_name=ca.certificate.subject)
         cfg = CmpProfileConfig(
             name=p.name, ca_name=ca.certificate.subject, shared_secrets=secrets,
-            trust_anchors=p.trust_anchors if p.request_protection is not RequestProtection.MAC else (),
+            trust_anchors=(p.trust_anchors or tuple(c for c in chain if c.subject == c.issuer))
+            if p.request_protection is not RequestProtection.MAC else (),
             implicit_confirm_allowed=p.implicit_confirm, confirm_timeout=_dt.timedelta(seconds=p.confirm_timeout),
             require_protection=p.request_protection is not RequestProtection.NONE,
             protect_responses=p.response_protection is ResponseProtection.IN_KIND,
