@@ -87,11 +87,46 @@ def alembic_config(engine: Engine) -> Any:
     return cfg
 
 
+# pg_advisory_lock key of csm's migrations (any constant; int64): 0x63736d2d6d696772 = b"csm-migr".
+_PG_MIGRATION_LOCK = 0x63736D2D6D696772
+
+
 def migrate(engine: Engine) -> None:
-    """Apply every pending migration (idempotent)."""
+    """Apply every pending migration (idempotent; safe when several processes start at once).
+
+    Concurrent callers are serialised: on PostgreSQL by a session-level ``pg_advisory_lock``
+    held on its own connection around the upgrade, on a SQLite file by an ``fcntl`` lock on
+    ``<db file>.migrate.lock`` next to it. The first caller upgrades; the others wait and then
+    find the schema at head.
+    """
     from alembic import command
 
-    command.upgrade(alembic_config(engine), "head")
+    def upgrade() -> None:
+        command.upgrade(alembic_config(engine), "head")
+
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as lock_conn:
+            lock_conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            lock_conn.commit()  # the lock is the session's, not the transaction's
+            try:
+                upgrade()
+            finally:
+                lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                lock_conn.commit()
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        upgrade()
+        return
+    import fcntl
+
+    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    with open(lock_path, "a") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            upgrade()
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
 def current_revision(engine: Engine) -> str | None:
