@@ -350,6 +350,10 @@ from .secrets.cli import build_group as _secrets_group  # noqa: E402 - feature v
 
 main.add_command(_secrets_group(sys.modules[__name__]))
 
+from .ca.cli import build_group as _ca_group  # noqa: E402
+
+main.add_command(_ca_group(sys.modules[__name__]))
+
 from .cmp.cli import build_group as _cmp_group  # noqa: E402
 
 main.add_command(_cmp_group(sys.modules[__name__]))

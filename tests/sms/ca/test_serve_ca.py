@@ -1,0 +1,115 @@
+"""End to end against the real `csm serve` (granian, 2 workers, plain HTTP on 127.0.0.1): the
+`csm ca` CLI, `openssl verify` / `openssl crl` / `openssl ocsp` against the running service, and
+pkilint on what it served."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.ca.conftest import make_csr, name, openssl, pkilint_findings
+from tests.sms.test_serve import Server, run
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: Any) -> Any:
+    data = tmp_path_factory.mktemp("ca-e2e") / "csm-data"
+    data.mkdir(parents=True)
+    srv = Server(data, "--plain-http")
+    srv.url = f"http://127.0.0.1:{srv.port}"
+    srv.env["CSM_PLAIN_HTTP"] = "1"
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def csm(srv: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(["ca", *args], srv.env)
+
+
+def test_cli_and_openssl_against_the_running_service(served: Any, tmp_path: Path) -> None:
+    srv = served
+    r = csm(srv, "init", "e2e-root", "--subject", "CN=E2E Root,O=csm", "--key-type", "ec-p384")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = csm(srv, "intermediate", "e2e-sub", "--parent", "e2e-root", "--subject", "CN=E2E Issuing,O=csm")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "e2e-sub" in csm(srv, "list").stdout
+    assert "tls-server" in csm(srv, "profile", "list", "e2e-sub").stdout
+
+    base = f"{srv.url}/v1/ca/e2e-sub"
+    (tmp_path / "chain.pem").write_bytes(requests.get(f"{base}/chain.pem", timeout=10).content)
+    (tmp_path / "issuer.pem").write_bytes(requests.get(f"{base}/ca.pem", timeout=10).content)
+    (tmp_path / "root.pem").write_bytes(requests.get(f"{srv.url}/v1/ca/e2e-root/ca.pem", timeout=10).content)
+
+    serials = {}
+    for host in ("good.example.com", "bad.example.com"):
+        (tmp_path / f"{host}.csr").write_bytes(make_csr(name(host), dns=[host]))
+        r = csm(srv, "sign", str(tmp_path / f"{host}.csr"), "--ca", "e2e-sub", "--profile", "tls-server",
+                "--out", str(tmp_path / f"{host}.pem"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        serials[host] = re.search(r"serial ([0-9a-f]+)", r.stderr).group(1)  # type: ignore[union-attr]
+        v = openssl("verify", "-x509_strict", "-CAfile", tmp_path / "root.pem", "-untrusted", tmp_path / "issuer.pem",
+                    tmp_path / f"{host}.pem")
+        assert v.returncode == 0, v.stdout + v.stderr
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{host}.pem").read_bytes())
+        assert pkilint_findings("cert", cert.public_bytes(Encoding.DER)) == []
+
+    r = csm(srv, "revoke", serials["bad.example.com"], "--ca", "e2e-sub", "--reason", "keyCompromise")
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = csm(srv, "revoke", serials["bad.example.com"], "--ca", "e2e-sub")
+    assert again.returncode == 1 and "already revoked" in again.stderr
+    assert csm(srv, "revoke", "zz-not-hex", "--ca", "e2e-sub").returncode == 1
+    assert csm(srv, "revoke", "--ca").returncode == 2
+
+    r = csm(srv, "crl", "e2e-sub", "--out", str(tmp_path / "crl.pem"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "root-crl.pem").write_bytes(requests.get(f"{srv.url}/v1/ca/e2e-root/crl.pem", timeout=10).content)
+    assert "verify OK" in openssl("crl", "-in", tmp_path / "crl.pem", "-CAfile", tmp_path / "issuer.pem",
+                                  "-noout", "-verify").stderr
+    both = tmp_path / "crls.pem"
+    both.write_bytes((tmp_path / "crl.pem").read_bytes() + (tmp_path / "root-crl.pem").read_bytes())
+    revoked = openssl("verify", "-crl_check_all", "-CRLfile", both, "-CAfile", tmp_path / "root.pem",
+                      "-untrusted", tmp_path / "issuer.pem", tmp_path / "bad.example.com.pem")
+    assert revoked.returncode != 0 and "certificate revoked" in revoked.stdout + revoked.stderr
+    fine = openssl("verify", "-crl_check_all", "-CRLfile", both, "-CAfile", tmp_path / "root.pem",
+                   "-untrusted", tmp_path / "issuer.pem", tmp_path / "good.example.com.pem")
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+
+    def ocsp(*target: str | Path) -> str:
+        p = openssl("ocsp", "-issuer", tmp_path / "issuer.pem", *target, "-url", f"{base}/ocsp",
+                    "-CAfile", tmp_path / "chain.pem", "-respout", tmp_path / "resp.der", "-resp_text")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "Response verify OK" in p.stderr  # signature and nonce checked by openssl
+        assert "WARNING: no nonce" not in p.stdout + p.stderr
+        assert pkilint_findings("ocsp", (tmp_path / "resp.der").read_bytes()) == []
+        return p.stdout
+
+    assert re.search(r"good.example.com.pem: good", ocsp("-cert", tmp_path / "good.example.com.pem"))
+    out = ocsp("-cert", tmp_path / "bad.example.com.pem")
+    assert "bad.example.com.pem: revoked" in out and "Reason: keyCompromise" in out
+    assert ": unknown" in ocsp("-serial", "0x1234567890abcdef1234")
+
+    rep = csm(srv, "report", "--csv", "--ca", "e2e-sub", "--expiring-days", "400")
+    assert rep.returncode == 0 and rep.stdout.startswith("section,ca,profile")
+    assert "issuance,e2e-sub,tls-server,token:" in rep.stdout
+    table = csm(srv, "report")
+    assert table.returncode == 0 and "SIGNATURES" in table.stdout
+
+
+def test_every_ca_verb_has_help() -> None:
+    from click.testing import CliRunner
+
+    from sms.cli import main
+
+    for verb in ("init", "intermediate", "import", "list", "sign", "revoke", "crl", "report", "profile",
+                 "profile list", "profile show", "profile put", "profile delete"):
+        h = CliRunner().invoke(main, ["ca", *verb.split(), "--help"])
+        assert h.exit_code == 0 and "Usage:" in h.output, verb
