@@ -167,11 +167,21 @@ def guard(capability: Capability | None, path: str | Callable[..., str], *, acti
                 from .errors import PermissionDenied
 
                 raise PermissionDenied(f"{capability.value} on {resource} is not allowed for this caller")
+            if any(isinstance(v, str) and "\x00" in v for v in kwargs.values()):
+                from .errors import BadRequest
+
+                raise BadRequest("the request path contains a NUL character")
             return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
     return deco
+
+
+def _audit_text(text: str) -> str:
+    """Request-derived text as every database stores it: NUL (refused by PostgreSQL) and lone
+    surrogates (undecodable bytes) escaped."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def record_audit(response: Response) -> Response:
@@ -184,8 +194,8 @@ def record_audit(response: Response) -> Response:
     outcome = "ok" if status < 400 else {401: "unauthenticated", 403: "denied"}.get(status, "error")
     ev = AuditEvent(
         actor=ident.label if ident else "anonymous",
-        action=pending["action"],
-        resource=pending["resource"],
+        action=_audit_text(pending["action"]),
+        resource=_audit_text(pending["resource"]),
         outcome=outcome,
         status=status,
         request_id=g.get("request_id", ""),
