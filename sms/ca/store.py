@@ -13,6 +13,13 @@ SQLite embedded, PostgreSQL for several instances sharing one database.
   ``counter_flush_seconds`` (and before every read, and at :meth:`SqlCaStore.close`), so the
   hot signing path does not pay a second write transaction per certificate. A crash loses at
   most that interval's counts of this process.
+* New certificates are inserted by group commit: threads of one process that issue at the
+  same time hand their rows to one leader, which inserts them in one transaction (one fsync);
+  a batch that hits the serial UNIQUE constraint is replayed row by row, so only the row with
+  the taken serial gets DuplicateSerial.
+* CA records and profiles are cached per process for ``cache_seconds`` (default 2 s; writes
+  through this store invalidate at once): a profile change made by another process applies
+  there within that time.
 """
 from __future__ import annotations
 
@@ -131,8 +138,11 @@ class SqlCaStore:
     :class:`ca.repository.CertificateRepository`) in one object over one session factory."""
 
     def __init__(self, sessions: sessionmaker[Session], *, counter_flush_seconds: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 cache_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions = sessions
+        self._cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._inserts = _InsertBatcher(self._insert_rows)
         self._flush_every = counter_flush_seconds
         self._clock = clock
         self._pending: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -158,8 +168,22 @@ class SqlCaStore:
                 time.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _cached(self, key: tuple[str, ...], load: Callable[[], T]) -> T:
+        hit = self._cache.get(key)
+        now = self._clock()
+        if hit is not None and hit[0] > now:
+            value: T = hit[1]
+            return value
+        value = load()
+        self._cache[key] = (now + self._cache_seconds, value)
+        return value
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
+
     # -- CaRepository -------------------------------------------------------------------------------
     def add_ca(self, record: CaRecord) -> None:
+        self._invalidate()
         try:
             with transaction(self._sessions) as s:
                 if s.get(CaRow, record.name) is not None:
@@ -173,6 +197,9 @@ class SqlCaStore:
             raise CaExists(record.name) from None
 
     def get_ca(self, name: str) -> CaRecord:
+        return self._cached(("ca", name), lambda: self._load_ca(name))
+
+    def _load_ca(self, name: str) -> CaRecord:
         with transaction(self._sessions, write=False) as s:
             row = s.get(CaRow, name)
             if row is None:
@@ -185,6 +212,7 @@ class SqlCaStore:
 
     def put_profile(self, profile: Profile) -> None:
         definition = json.dumps(profile.to_dict(), sort_keys=True)
+        self._invalidate()
 
         def unit() -> None:
             with transaction(self._sessions) as s:
@@ -193,8 +221,12 @@ class SqlCaStore:
                                                      set_={"definition": definition}))
 
         self._retry(unit)
+        self._invalidate()
 
     def get_profile(self, ca_name: str, name: str) -> Profile:
+        return self._cached(("profile", ca_name, name), lambda: self._load_profile(ca_name, name))
+
+    def _load_profile(self, ca_name: str, name: str) -> Profile:
         with transaction(self._sessions, write=False) as s:
             row = s.get(ProfileRow, (ca_name, name))
             if row is None:
@@ -209,11 +241,13 @@ class SqlCaStore:
             return [Profile.from_dict(json.loads(r.definition)) for r in s.scalars(stmt)]
 
     def delete_profile(self, ca_name: str, name: str) -> None:
+        self._invalidate()
         with transaction(self._sessions) as s:
             row = s.get(ProfileRow, (ca_name, name))
             if row is None:
                 raise ProfileNotFound(ca_name, name)
             s.delete(row)
+        self._invalidate()
 
     def next_crl_number(self, ca_name: str) -> int:
         def unit() -> int:
@@ -251,17 +285,36 @@ class SqlCaStore:
     # -- CertificateRepository ----------------------------------------------------------------------
     def add(self, record: CertificateRecord) -> None:
         r = record
-        try:
+        values = dict(
+            serial=serial_key(r.serial), ca_name=r.ca_name, profile=r.profile, requester=r.requester,
+            subject=r.subject, sans="\n".join(r.sans), not_before=_ts(r.not_before),
+            not_after=_ts(r.not_after), issued_at=_ts(r.issued_at), key_type=r.key_type, der=r.der,
+            renewal_of=serial_key(r.renewal_of) if r.renewal_of is not None else None,
+            server_generated_key=r.server_generated_key, is_ca=r.is_ca, **_revocation_columns(r.revocation))
+        if not self._inserts.submit(values):
+            raise DuplicateSerial(r.serial)
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> list[bool]:
+        """Insert a batch in one transaction; on a UNIQUE violation replay it row by row.
+        Returns, per row, whether it was inserted (False: serial taken)."""
+        def one_unit(batch: list[dict[str, Any]]) -> None:
             with transaction(self._sessions) as s:
-                s.execute(insert(CertificateRow).values(
-                    serial=serial_key(r.serial), ca_name=r.ca_name, profile=r.profile, requester=r.requester,
-                    subject=r.subject, sans="\n".join(r.sans), not_before=_ts(r.not_before),
-                    not_after=_ts(r.not_after), issued_at=_ts(r.issued_at), key_type=r.key_type, der=r.der,
-                    renewal_of=serial_key(r.renewal_of) if r.renewal_of is not None else None,
-                    server_generated_key=r.server_generated_key, is_ca=r.is_ca,
-                    **_revocation_columns(r.revocation)))
+                s.execute(insert(CertificateRow), batch)
+
+        try:
+            self._retry(lambda: one_unit(rows))
+            return [True] * len(rows)
         except IntegrityError:
-            raise DuplicateSerial(r.serial) from None
+            if len(rows) == 1:
+                return [False]
+        out = []
+        for row in rows:
+            try:
+                self._retry(lambda: one_unit([row]))  # noqa: B023 - called at once
+                out.append(True)
+            except IntegrityError:
+                out.append(False)
+        return out
 
     def get(self, serial: int) -> CertificateRecord:
         try:
@@ -431,6 +484,57 @@ class SqlCaStore:
     def close(self) -> None:
         """Flush the buffered signature counters."""
         self.flush_counters()
+
+
+class _InsertBatcher:
+    """Leader/follower group commit: the first thread to arrive while no insert runs becomes the
+    leader and inserts everything queued so far (up to ``max_batch`` rows); the others wait for
+    their row's outcome. No background thread (nothing to restart after a fork)."""
+
+    def __init__(self, insert_rows: Callable[[list[dict[str, Any]]], list[bool]], max_batch: int = 64) -> None:
+        self._insert_rows = insert_rows
+        self._max_batch = max_batch
+        self._mutex = threading.Lock()
+        self._queue: list[list[Any]] = []  # [row, done event, outcome | exception | None]
+        self._busy = False
+
+    def submit(self, row: dict[str, Any]) -> bool:
+        slot: list[Any] = [row, threading.Event(), None]
+        with self._mutex:
+            self._queue.append(slot)
+            lead = not self._busy
+            self._busy = True
+        while not lead:
+            slot[1].wait()
+            with self._mutex:
+                if slot[2] is not None:
+                    break
+                # woken as the next leader (our row is still queued)
+                lead = True
+        if lead:
+            self._lead()
+        outcome = slot[2]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return bool(outcome)
+
+    def _lead(self) -> None:
+        """Insert one batch (it holds the leader's own row), then wake the oldest waiter as the
+        next leader, or step down."""
+        with self._mutex:
+            batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+        try:
+            results: list[Any] = list(self._insert_rows([s[0] for s in batch]))
+        except BaseException as exc:  # noqa: BLE001 - every waiter of the batch gets the failure
+            results = [exc] * len(batch)
+        with self._mutex:
+            for s, res in zip(batch, results, strict=True):
+                s[2] = res
+                s[1].set()
+            if self._queue:
+                self._queue[0][1].set()  # promoted: it finds no outcome and leads
+            else:
+                self._busy = False
 
 
 __all__ = ["SqlCaStore", "serial_key"]
