@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 from cryptography.hazmat.primitives import serialization
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -51,6 +51,7 @@ from hsm.errors import HsmError
 from hsm.types import KeyType
 
 from ..auth.policy import Capability
+from ..errors import BadRequest
 from ..web import current_identity, guard, handle_any_exception, services
 from . import schemas as sch
 from .errors import NotAcceptable, PayloadTooLarge, UnsupportedMediaType, problem_extensions, register
@@ -273,26 +274,33 @@ class ProfileView(MethodView):
 
 
 # ---- issuance ----------------------------------------------------------------------------------------
+_SIGN_SCHEMA: Final = sch.SignSchema()
+_SIGN_QUERY: Final = sch.SignQuery()
+
+
 def _sign_args() -> dict[str, Any]:
-    """The CSR and options, from a JSON body or from a raw PKCS#10 body plus query parameters."""
+    """The CSR and options, from a JSON body or from a raw PKCS#10 body plus query parameters
+    (parsed once per request: the policy path needs the profile before the view runs)."""
+    cached: dict[str, Any] | None = g.get("ca_sign_args")
+    if cached is not None:
+        return cached
     if request.mimetype == "application/json":
         doc = request.get_json(silent=True)
         if not isinstance(doc, dict):
             raise InvalidRequest("body", "a JSON object with csr and profile")
-        errors = sch.SignSchema().validate(doc)
+        errors = _SIGN_SCHEMA.validate(doc)
         if errors:
-            from ..errors import BadRequest
-
             raise BadRequest("the request is not valid", errors=sorted(errors))
-        args = sch.SignSchema().load(doc)
+        args = _SIGN_SCHEMA.load(doc)
         args["csr"] = decode_blob(args["csr"], "csr")
-        return args
-    if request.mimetype not in CSR_TYPES:
-        raise UnsupportedMediaType("send application/pkcs10 (PEM or DER) or application/json")
-    args = sch.SignQuery().load(request.args)
-    if not args.get("profile"):
-        raise InvalidRequest("profile", "name the profile (?profile=...)")
-    args["csr"] = request.get_data(cache=True)
+    else:
+        if request.mimetype not in CSR_TYPES:
+            raise UnsupportedMediaType("send application/pkcs10 (PEM or DER) or application/json")
+        args = _SIGN_QUERY.load(request.args)
+        if not args.get("profile"):
+            raise InvalidRequest("profile", "name the profile (?profile=...)")
+        args["csr"] = request.get_data(cache=True)
+    g.ca_sign_args = args
     return args
 
 
