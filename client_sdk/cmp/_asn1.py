@@ -7,6 +7,7 @@ because cryptography has no public parser for a bare Name or Extensions).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -120,8 +121,15 @@ def name_to_x509(value: Any) -> x509.Name:
         raise BadDataFormat(f"malformed Name: {type(exc).__name__}") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _plain_name(der: bytes) -> Any:
+    return decode(der, rfc5280.Name(), what="Name")
+
+
 def name_from_x509(name: x509.Name, spec: Any = None) -> Any:
-    plain = decode(name.public_bytes(), rfc5280.Name(), what="Name")
+    """cryptography Name → pyasn1 Name (decoded values are cached: a server names the same CA in
+    every response). The result is shared; treat it as read-only."""
+    plain = _plain_name(name.public_bytes())
     return plain if spec is None else retag(plain, spec)
 
 
@@ -164,8 +172,14 @@ def general_name_to_x509(value: Any) -> x509.GeneralName:
         raise BadDataFormat(f"malformed or unsupported GeneralName: {type(exc).__name__}") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _plain_general_names(der: bytes) -> Any:
+    return decode(der, rfc5280.GeneralNames(), what="GeneralName")
+
+
 def general_name_from_x509(gn: x509.GeneralName, spec: Any = None) -> Any:
-    names = decode(x509.SubjectAlternativeName([gn]).public_bytes(), rfc5280.GeneralNames(), what="GeneralName")
+    """cryptography GeneralName → pyasn1 (cached like :func:`name_from_x509`; read-only)."""
+    names = _plain_general_names(x509.SubjectAlternativeName([gn]).public_bytes())
     plain = names[0]
     return plain if spec is None else retag(plain, spec)
 
@@ -186,6 +200,33 @@ def cert_to_x509(value: Any) -> x509.Certificate:
 def cert_from_x509(cert: x509.Certificate, spec: Any) -> Any:
     plain = decode(cert.public_bytes(serialization.Encoding.DER), rfc5280.Certificate(), what="certificate")
     return retag(plain, spec)
+
+
+_CERT_TAGS = rfc5280.Certificate().tagSet
+
+
+def cert_der_value(cert: x509.Certificate, spec: Any) -> Any:
+    """The certificate's DER as an opaque ``Any`` carrying ``spec``'s (explicit) tags, for encoding
+    only: no pyasn1 decode/re-encode of the certificate (the slow part of building a response).
+    Falls back to :func:`cert_from_x509` for an implicitly tagged ``spec``."""
+    tags = spec.tagSet
+    if tuple(tags)[:len(_CERT_TAGS)] != tuple(_CERT_TAGS):
+        return cert_from_x509(cert, spec)
+    value = univ.Any(cert.public_bytes(serialization.Encoding.DER))
+    for t in tuple(tags)[len(_CERT_TAGS):]:
+        value = value.subtype(explicitTag=t)
+    return value
+
+
+def put_cert(container: Any, key: str | None, cert: x509.Certificate) -> None:
+    """Store ``cert`` in the component ``key`` of ``container`` (``None``: append to a SEQUENCE OF)
+    as pre-encoded DER (see :func:`cert_der_value`)."""
+    relaxed = {"verifyConstraints": False, "matchTags": False, "matchConstraints": False}
+    if key is None:
+        container.setComponentByPosition(len(container), cert_der_value(cert, container.componentType), **relaxed)
+    else:
+        spec = container.componentType[key].asn1Object
+        container.setComponentByName(key, cert_der_value(cert, spec), **relaxed)
 
 
 def crl_to_x509(value: Any) -> x509.CertificateRevocationList:

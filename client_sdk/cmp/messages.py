@@ -126,7 +126,7 @@ class InfoTypeAndValue:
         """caCerts (and other SEQUENCE OF CMPCertificate values)."""
         seq = rfc9480.CaCertsValue()
         for c in certs:
-            seq.append(_asn1.cert_from_x509(c, rfc9480.CMPCertificate()))
+            _asn1.put_cert(seq, None, c)
         return cls.of(kind, _asn1.encode(seq))
 
     @classmethod
@@ -603,7 +603,7 @@ class CertResponse:
         if self.certificate is not None:
             ckp = _asn1.slot(out, "certifiedKeyPair")
             coe = _asn1.slot(ckp, "certOrEncCert")
-            coe["certificate"] = _asn1.cert_from_x509(self.certificate, _asn1.slot(coe, "certificate"))
+            _asn1.put_cert(coe, "certificate", self.certificate)
             ckp["certOrEncCert"] = coe
             out["certifiedKeyPair"] = ckp
         if self.rsp_info is not None:
@@ -631,7 +631,7 @@ class CertRepMessageBody(Body):
         if self.ca_pubs:
             cp = _asn1.slot(spec, "caPubs")
             for c in self.ca_pubs:
-                cp.append(_asn1.cert_from_x509(c, rfc9480.CMPCertificate()))
+                _asn1.put_cert(cp, None, c)
             spec["caPubs"] = cp
         resp = _asn1.slot(spec, "response")
         for r in self.responses:
@@ -1007,7 +1007,7 @@ class PKIMessage:
         if self.extra_certs:
             ec = _asn1.slot(m, "extraCerts")
             for c in self.extra_certs:
-                ec.append(_asn1.cert_from_x509(c, rfc9480.CMPCertificate()))
+                _asn1.put_cert(ec, None, c)
             m["extraCerts"] = ec
         return m
 

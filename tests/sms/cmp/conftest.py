@@ -121,3 +121,36 @@ def cmp_env(make_services: Any, tmp_path: Path) -> Iterator[CmpEnv]:
     with served(env.app) as hostport:
         env.hostport = hostport
         yield env
+
+
+@pytest.fixture
+def shm_cmp_env(keystore: Any, tmp_path: Path) -> Iterator[CmpEnv]:
+    """Like ``cmp_env`` but with the SQLite database on tmpfs: for the bounded fuzz
+    run, whose thousands of audited requests would otherwise wait on fsync behind other I/O."""
+    import shutil
+    import tempfile
+
+    from hsm import DuplicateLabel, KeyType
+    from sms import db
+    from sms.config import Settings
+    from sms.runtime import AUDIT_MAC_KEY, build_services
+
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
+    data = Path(tempfile.mkdtemp(prefix="csm-cmp-fuzz-", dir=base))
+    settings = Settings(data_dir=str(data), plain_http=True)
+    engine = db.make_engine(settings.effective_database_url)
+    svc = build_services(settings, engine=engine, keystore=keystore)
+    db.migrate(engine)
+    if not keystore.exists(AUDIT_MAC_KEY):
+        try:
+            keystore.generate(AUDIT_MAC_KEY, KeyType.AES_256)
+        except DuplicateLabel:
+            pass
+    try:
+        env = build_env(svc, tmp_path)
+        with served(env.app) as hostport:
+            env.hostport = hostport
+            yield env
+    finally:
+        engine.dispose()
+        shutil.rmtree(data, ignore_errors=True)
