@@ -120,6 +120,12 @@ def _init_effective() -> None:
     settings = Settings.from_json(os.environ["CSM_EFFECTIVE_SETTINGS"])
     configure_logging("WARNING")
     result, svc = _guarded(lambda: run_init(settings, progress=lambda m: click.echo(f"  {m}")))
+    if settings.tls_ca:
+        from .ca.tls import ensure_server_cert_from_ca
+
+        files = _guarded(lambda: ensure_server_cert_from_ca(settings, svc))
+        if files is not None and files.reissued:
+            click.echo(f"  TLS server certificate issued by CA {settings.tls_ca} ({settings.tls_profile})")
     svc.keystore.close()
     if "file" in result.pin_protection and result.created_token:
         click.echo("  WARNING: no TPM found; the token PIN is kept in a 0600 file "

@@ -113,3 +113,30 @@ def test_every_ca_verb_has_help() -> None:
                  "profile list", "profile show", "profile put", "profile delete"):
         h = CliRunner().invoke(main, ["ca", *verb.split(), "--help"])
         assert h.exit_code == 0 and "Usage:" in h.output, verb
+
+
+def test_service_tls_certificate_comes_from_a_ca_once_configured(tmp_path: Path) -> None:
+    import ssl
+
+    data = tmp_path / "csm-data"
+    data.mkdir()
+    srv = Server(data)
+    try:
+        srv.wait_ready()
+        token = (data / "root-token").read_text().strip()
+        r = requests.post(srv.url + "/v1/ca", json={"name": "svc-tls", "subject": "CN=Service TLS Root"},
+                          headers={"X-CSM-Token": token}, verify=str(data / "tls" / "ca.crt"), timeout=30)
+        assert r.status_code == 201, r.text
+        bootstrap_issuer = x509.load_pem_x509_certificate((data / "tls" / "server.crt").read_bytes()).issuer
+    finally:
+        srv.stop()
+    srv = Server(data, "--tls-ca", "svc-tls")  # default profile tls-server
+    try:
+        srv.wait_ready()  # verifies with tls/ca.crt, which now also holds the CA's root
+        served = x509.load_pem_x509_certificate(ssl.get_server_certificate(("127.0.0.1", srv.port)).encode())
+        assert served.issuer.rfc4514_string() == "CN=Service TLS Root" != bootstrap_issuer.rfc4514_string()
+        found = requests.get(srv.url + "/v1/ca/svc-tls/certs?requester=csm:server-tls",
+                             headers={"X-CSM-Token": token}, verify=str(data / "tls" / "ca.crt"), timeout=30).json()
+        assert [c["serial"] for c in found["certificates"]] == [f"{served.serial_number:x}"]
+    finally:
+        srv.stop()
