@@ -87,3 +87,29 @@ def test_token_outage_gives_503_then_recovers_without_restart(outage_app, sofths
     report = svc.audit.verify()
     assert report.ok, report.problem
     assert report.entries >= audited_before + 4
+
+
+def test_worker_whose_token_is_missing_at_first_use_serves_once_it_appears(make_token, softhsm_conf, tmp_path):
+    """The production path: the key store opens lazily in the worker; a token that is not there
+    yet gives 503s (not a crash, not a stuck worker), and the first call after it is back logs in."""
+    cfg = make_token("late")
+    settings = Settings(data_dir=str(tmp_path / "data"), plain_http=True, hsm_token_label=cfg.token_label)
+    with KeyStore(cfg) as ks:
+        ks.generate(AUDIT_MAC_KEY, KeyType.AES_256)
+    svc = build_services(settings, token_config=cfg)  # lazy: nothing opened yet
+    db.migrate(svc.engine)
+    token, _ = svc.auth.create_token(root=True, display_name="late-root")
+    c, h = create_app(services=svc).test_client(), {"X-CSM-Token": token}
+    try:
+        with token_unavailable(softhsm_conf, cfg.token_label):
+            for _ in range(2):  # every attempt re-tries the login, none sticks
+                ready = c.get("/v1/sys/ready")
+                assert ready.status_code == 503
+                assert ready.json["token"]["ok"] is False and ready.json["sealed"] is False
+                _assert_unavailable(c.post("/v1/domains", json={"name": "d"}, headers=h))
+        assert c.get("/v1/sys/ready").status_code == 200
+        assert c.post("/v1/domains", json={"name": "d"}, headers=h).status_code == 201
+        assert svc.audit.verify().ok
+    finally:
+        svc.keystore.close()
+        svc.engine.dispose()
