@@ -111,14 +111,19 @@ def _fake_csr(subject: Any | None = None, extensions_der: bytes | None = None) -
 
 
 def name_to_x509(value: Any) -> x509.Name:
-    """pyasn1 Name (tagged or not) → cryptography Name."""
+    """pyasn1 Name (tagged or not) → cryptography Name (cached by DER: the same names recur)."""
     try:
         plain = retag(value, rfc5280.Name())
-        return _fake_csr(subject=plain).subject
+        return _name_from_der(encode(plain))
     except CmpError:
         raise
     except Exception as exc:
         raise BadDataFormat(f"malformed Name: {type(exc).__name__}") from None
+
+
+@functools.lru_cache(maxsize=512)
+def _name_from_der(der: bytes) -> x509.Name:
+    return _fake_csr(subject=decode(der, rfc5280.Name(), what="Name")).subject
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,21 +160,27 @@ def extensions_from_x509(exts: Iterable[x509.Extension[x509.ExtensionType]], spe
 
 
 def general_name_to_x509(value: Any) -> x509.GeneralName:
+    """pyasn1 GeneralName → cryptography (cached by DER: senders and recipients recur)."""
     try:
         names = rfc5280.GeneralNames()
         names.append(value)
-        ext = rfc5280.Extensions()
-        e = rfc5280.Extension()
-        e["extnID"] = rfc5280.id_ce_subjectAltName
-        e["critical"] = False
-        e["extnValue"] = univ.OctetString(encode(names))
-        ext.append(e)
-        san = _fake_csr(extensions_der=encode(ext)).extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        return list(san.value)[0]
+        return _general_name_from_der(encode(names))
     except CmpError:
         raise
     except Exception as exc:
         raise BadDataFormat(f"malformed or unsupported GeneralName: {type(exc).__name__}") from None
+
+
+@functools.lru_cache(maxsize=512)
+def _general_name_from_der(names_der: bytes) -> x509.GeneralName:
+    ext = rfc5280.Extensions()
+    e = rfc5280.Extension()
+    e["extnID"] = rfc5280.id_ce_subjectAltName
+    e["critical"] = False
+    e["extnValue"] = univ.OctetString(names_der)
+    ext.append(e)
+    san = _fake_csr(extensions_der=encode(ext)).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return list(san.value)[0]
 
 
 @functools.lru_cache(maxsize=256)

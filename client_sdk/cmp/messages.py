@@ -274,6 +274,7 @@ class PKIHeader:
             for itav in self.general_info:
                 gi.append(itav.to_asn1())
             h["generalInfo"] = gi
+        _cached(self, h)  # built once per (immutable) header: protection and encoding both need it
         return h
 
 
@@ -495,7 +496,10 @@ class Body:
         body = rfc9480.PKIBody()
         cached = _from_cache(self)
         name = self.body_type.asn1_name
-        body[name] = cached if cached is not None else self.content_asn1(_asn1.slot(body, name))
+        if cached is None:
+            cached = self.content_asn1(_asn1.slot(body, name))
+            _cached(self, cached)  # built once per (immutable) body
+        body[name] = cached
         return body
 
 

@@ -1,8 +1,9 @@
 """The CMP service: one :class:`ca.cmp.CmpServer` per CMP profile, built from the stored profile
 and the CA engine; approvals of held requests; the confirm-timeout sweeper. No Flask here.
 
-Servers are cached per process and rebuilt when the profile's version changes (one indexed
-read per request), so an edit made through another worker takes effect on the next request.
+Servers are cached per process and rebuilt when the profile's version changes (checked with one
+indexed read at most once a second), so an edit made through another worker takes effect within
+a second.
 Responses are signed by the profile's CA key in the token (it has digitalSignature) and
 counted in the CA's signature statistics as "other". A profile without trust anchors trusts the
 root of its own CA for signature-protected requests (certificates the CA issued authenticate
@@ -107,6 +108,17 @@ class ReportingCmpServer(CmpServer):
                     rep.failure = ",".join(sorted(f.name for f in st.fail_info))
         return super()._respond(request, out, requester)
 
+    def _remember_nonce(self, request: Any, response: Any) -> None:
+        """As the base class, in one UPDATE instead of a read and a full-row write."""
+        tid = request.transaction_id
+        if tid is None or response.sender_nonce is None:
+            return
+        store = self.transactions
+        if isinstance(store, SqlTransactionStore):
+            store.set_server_nonce(self.profile.name, tid, response.sender_nonce)
+        else:  # pragma: no cover - other stores
+            super()._remember_nonce(request, response)
+
     def _error(self, request: Any, error: cmp_errors.CmpError, requester: Requester | None) -> bytes:
         rep = _REPORT.get()
         if rep is not None:
@@ -123,7 +135,7 @@ class SweepReport:
 class CmpService:
     def __init__(self, profiles: SqlCmpProfileStore, transactions: SqlTransactionStore,
                  engine: Callable[[], CaEngine], *, sweep_interval: float = 30.0,
-                 retention: _dt.timedelta = _dt.timedelta(days=7),
+                 retention: _dt.timedelta = _dt.timedelta(days=7), version_ttl: float = 1.0,
                  clock: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc)) -> None:
         self.profiles = profiles
         self.transactions = transactions
@@ -133,6 +145,8 @@ class CmpService:
         self._clock = clock
         self._lock = threading.Lock()
         self._servers: dict[str, tuple[int, CmpServer]] = {}
+        self._versions: dict[str, tuple[float, tuple[str, int] | None]] = {}
+        self._version_ttl = version_ttl
         self._next_sweep = 0.0
 
     # ---- profiles (management) ------------------------------------------------------------------
@@ -153,7 +167,9 @@ class CmpService:
 
         validate_profile(profile)
         self._check_ca(profile)
-        return self.profiles.create(profile, secrets)
+        out = self.profiles.create(profile, secrets)
+        self.invalidate(profile.name)
+        return out
 
     def update_profile(self, name: str, changes: Mapping[str, Any], **kw: Any) -> CmpProfile:
         if "ca" in changes or "cert_profile" in changes:
@@ -170,6 +186,7 @@ class CmpService:
 
     def invalidate(self, name: str | None = None) -> None:
         with self._lock:
+            self._versions.clear()
             if name is None:
                 self._servers.clear()
             else:
@@ -187,9 +204,18 @@ class CmpService:
         return found[0]
 
     def server_for(self, name: str | None) -> CmpServer:
+        """The CmpServer of profile ``name``; its stored version is re-checked at most once per
+        ``version_ttl`` seconds (edits through this process apply at once, through others within that)."""
         from .errors import CmpProfileNotFound
 
-        found = self.profiles.version(name)
+        key = name or ""
+        now = time.monotonic()
+        hit = self._versions.get(key)
+        if hit is not None and hit[0] > now:
+            found: tuple[str, int] | None = hit[1]
+        else:
+            found = self.profiles.version(name)
+            self._versions[key] = (now + self._version_ttl, found)
         if found is None:
             raise CmpProfileNotFound(name or "(default)")
         pname, version = found

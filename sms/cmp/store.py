@@ -14,12 +14,15 @@ transactions are kept (replay detection) until :meth:`SqlTransactionStore.purge_
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import datetime as _dt
 import enum
+import functools
 import json
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -412,7 +415,9 @@ def requester_json(r: Requester) -> str:
     }, sort_keys=True)
 
 
+@functools.lru_cache(maxsize=1024)
 def requester_from_json(text: str) -> Requester:
+    """Parse a stored requester (cached: every message of a transaction names the same one)."""
     d = json.loads(text)
     gn = _asn1.general_name_to_x509(_asn1.decode(_unb64(d["sender"]) or b"", rfc5280.GeneralName()))
     return Requester(profile=d["profile"], auth=AuthKind(d["auth"]), sender=gn,
@@ -460,16 +465,19 @@ def _row_to_txn(row: CmpTransactionRow) -> Transaction:
         implicit_confirm=bool(row.implicit_confirm), reason=row.reason or "")
 
 
-def _txn_values(t: Transaction) -> dict[str, Any]:
-    return {
+def _txn_values(t: Transaction, *, with_request: bool = True) -> dict[str, Any]:
+    out = {
         "state": t.state.value, "request_type": str(t.request_type.value), "server_nonce": t.server_nonce,
-        "requester": requester_json(t.requester), "cert_req_id": t.cert_req_id,
-        "issue_request": None if t.issue_request is None else issue_request_json(t.issue_request),
+        "cert_req_id": t.cert_req_id,
         "cert_serial": None if t.certificate is None else format(t.certificate.serial_number, "x"),
         "certificate": _cert_der(t.certificate), "chain": _chain_der(t.chain) if t.chain else None,
         "confirm_deadline": _ts(t.confirm_deadline), "implicit_confirm": t.implicit_confirm,
         "reason": t.reason[:1000],
     }
+    if with_request:
+        out["requester"] = requester_json(t.requester)
+        out["issue_request"] = None if t.issue_request is None else issue_request_json(t.issue_request)
+    return out
 
 
 def _tid(transaction_id: bytes) -> str:
@@ -484,6 +492,14 @@ class SqlTransactionStore:
     def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], float] = time.time) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._finished: collections.OrderedDict[tuple[str, bytes], None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _note_finished(self, t: Transaction) -> None:
+        with self._lock:
+            self._finished[(t.profile, t.transaction_id)] = None
+            while len(self._finished) > 4096:
+                self._finished.popitem(last=False)
 
     def begin(self, transaction_: Transaction) -> None:
         t = transaction_
@@ -505,13 +521,28 @@ class SqlTransactionStore:
     def update(self, transaction_: Transaction) -> None:
         t = transaction_
         with transaction(self._sessions) as s:
+            values = _txn_values(t, with_request=False)  # requester and request never change
+            if t.state is TransactionState.FINISHED:
+                self._note_finished(t)
             s.execute(update(CmpTransactionRow)
                       .where(CmpTransactionRow.profile == t.profile,
                              CmpTransactionRow.transaction_id == _tid(t.transaction_id))
-                      .values(updated_at=self._clock(), **_txn_values(t)))
+                      .values(updated_at=self._clock(), **values))
 
     def finish(self, transaction_: Transaction) -> None:
         self.update(dataclasses.replace(transaction_, state=TransactionState.FINISHED))
+
+    def set_server_nonce(self, profile: str, transaction_id: bytes, nonce: bytes) -> None:
+        """Record our last senderNonce on an unfinished transaction (one statement, no read; none
+        at all for a transaction this process has just finished)."""
+        if len(transaction_id) > MAX_TRANSACTION_ID or (profile, transaction_id) in self._finished:
+            return
+        with transaction(self._sessions) as s:
+            s.execute(update(CmpTransactionRow)
+                      .where(CmpTransactionRow.profile == profile,
+                             CmpTransactionRow.transaction_id == transaction_id.hex(),
+                             CmpTransactionRow.state != TransactionState.FINISHED.value)
+                      .values(server_nonce=nonce))
 
     # ---- service-side operations (approvals, sweeper, inspection) ----------------------------------
 

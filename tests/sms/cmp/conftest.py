@@ -48,7 +48,9 @@ class CmpEnv:
         anchors = kw.pop("trust_anchors", (self.root.certificate,))
         return self.cmp.create_profile(CmpProfile(name=name, ca="issuing", cert_profile=kw.pop("cert_profile",
                                                                                               "tls-mutual"),
-                                                  trust_anchors=anchors, response_pbm_iterations=1000, **kw),
+                                                  trust_anchors=anchors,
+                                                  response_pbm_iterations=kw.pop("response_pbm_iterations", 1000),
+                                                  **kw),
                                        secrets)
 
     def run(self, profile: str, *args: str | Path, timeout: float = 30) -> Any:

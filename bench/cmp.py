@@ -1,0 +1,295 @@
+"""CMP IR throughput: csm vs the openssl mock CMP server, same run, same load generator.
+
+    .venv/bin/python bench/cmp.py [--duration 10] [--concurrency 8] [--rounds 2]
+
+* csm is started the way the README does: ``csm serve`` on a fresh data directory with
+  ``--plain-http --host 127.0.0.1`` (2 granian workers x 8 threads); a root CA (EC P-256, key in
+  the SoftHSM token) is created over REST, and a CMP profile with a PBM shared secret
+  (certificate profile ``tls-client``, responses MAC-protected with 500 iterations like the mock's
+  default). Every certificate is signed in the token, stored in SQLite, audited.
+* openssl mock server: ``openssl cmp -port P -srv_ref … -srv_secret … -srv_cert … -srv_key …
+  -rsp_cert … -rsp_capubs … -grant_implicitconf`` (openssl 3.0, in-memory, returns the same
+  pre-issued certificate to everyone).
+* Load: ``concurrency`` client processes, each looping ``CmpClient.ir`` (client_sdk.cmp, the same
+  codec csm uses) with PBM (SHA-256 OWF, HMAC-SHA256, 500 iterations), EC P-256: one
+  pre-generated key for all requests (the mock only answers with the certificate of that key).
+  Mode ``implicit``: ir with implicitConfirm (1 round trip); mode ``certConf``: ir + certConf
+  (2 round trips). A 2 s warm-up precedes every measured run; runs alternate between the servers.
+
+Prints transactions/s, p50/p99 latency, server CPU per transaction, and the ratios csm / openssl.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+SECRET = "bench-cmp-shared-secret-0123456789"
+REF = "bench-ref"
+ITERATIONS = 500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def tree_cpu(session: int) -> float:
+    """CPU seconds (user + system) of every live process in ``session``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    recipient_pem: bytes  # the CA certificate (for the recipient name)
+    session: int
+
+
+# ---- servers -----------------------------------------------------------------------------------------
+
+def start_csm(workdir: Path, stack: ExitStack) -> Target:
+    data = workdir / "csm-data"
+    port = free_port()
+    log = open(workdir / "csm.log", "wb")  # noqa: SIM115
+    env = dict(os.environ)
+    env.pop("SOFTHSM2_CONF", None)
+    proc = subprocess.Popen([PY, "-m", "sms.cli", "serve", "--data-dir", str(data), "--plain-http", "--host",
+                             "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    stack.callback(log.close)
+    stack.callback(stop, proc)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"csm serve exited {proc.returncode}; see {workdir / 'csm.log'}")
+        try:
+            if requests.get(base + "/v1/sys/ready", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("csm not ready in 90 s")
+        time.sleep(0.2)
+    s = requests.Session()
+    s.headers["X-CSM-Token"] = (data / "root-token").read_text().strip()
+    s.post(base + "/v1/ca", json={"name": "bench", "type": "root", "subject": "CN=csm Bench CA,O=csm"}
+           ).raise_for_status()
+    s.post(base + "/v1/cmp/profiles", json={"name": "bench", "ca": "bench", "cert_profile": "tls-client",
+                                            "secrets": {REF: SECRET}, "response_pbm_iterations": ITERATIONS}
+           ).raise_for_status()
+    ca = s.get(base + "/v1/ca/bench/ca.pem").content
+    return Target("csm serve", base + "/.well-known/cmp/p/bench", ca, proc.pid)
+
+
+def _pem(obj: object, key: bool = False) -> bytes:
+    from cryptography.hazmat.primitives import serialization as ser
+
+    if key:
+        return obj.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())  # type: ignore[attr-defined]
+    return obj.public_bytes(ser.Encoding.PEM)  # type: ignore[attr-defined]
+
+
+def start_mock(workdir: Path, client_key_pem: bytes, stack: ExitStack) -> Target:
+    """openssl's mock CMP server with a CA made here and the one certificate it hands out."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Mock Bench CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    client_key = serialization.load_pem_private_key(client_key_pem, None)
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                                   "bench.example.com")]))
+            .issuer_name(ca_name).public_key(client_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=10))
+            .sign(ca_key, hashes.SHA256()))
+    for fname, data in (("mock-ca.pem", _pem(ca)), ("mock-ca.key", _pem(ca_key, True)), ("mock-leaf.pem", _pem(leaf))):
+        (workdir / fname).write_bytes(data)
+    port = free_port()
+    log = open(workdir / "mock.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(["openssl", "cmp", "-config", "", "-port", str(port), "-srv_ref", "mock-srv",
+                             "-srv_secret", "pass:" + SECRET, "-srv_cert", "mock-ca.pem", "-srv_key", "mock-ca.key",
+                             "-rsp_cert", "mock-leaf.pem", "-rsp_capubs", "mock-ca.pem", "-grant_implicitconf"],
+                            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    stack.callback(log.close)
+    stack.callback(stop, proc)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("openssl mock server did not start") from None
+            time.sleep(0.1)
+    return Target("openssl mock", f"http://127.0.0.1:{port}/pkix/", _pem(ca), proc.pid)
+
+
+# ---- load generator ------------------------------------------------------------------------------------
+
+def _worker(url: str, ca_pem: bytes, key_pem: bytes, implicit: bool, start: float, end: float,
+            out: mp.Queue) -> None:  # type: ignore[type-arg]
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    from client_sdk import cmp
+
+    key = serialization.load_pem_private_key(key_pem, None)
+    recipient = x509.load_pem_x509_certificate(ca_pem).subject
+    client = cmp.CmpClient(cmp.HttpTransport(url, timeout=30), recipient=recipient, secret=SECRET.encode(),
+                           reference=REF.encode(), pbm_iterations=ITERATIONS, implicit_confirm=implicit)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"nf-{os.getpid()}.example.com")])
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    while time.time() < start:
+        time.sleep(0.001)
+    while time.time() < end:
+        t0 = time.perf_counter()
+        try:
+            got = client.ir(key, subject=subject)  # type: ignore[arg-type]
+            if got.implicitly_confirmed != implicit:
+                errors["confirm-mode"] = errors.get("confirm-mode", 0) + 1
+                continue
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            time.sleep(0.01)
+            continue
+        if time.time() <= end:
+            lat.append(time.perf_counter() - t0)
+    out.put((lat, errors))
+
+
+@dataclass
+class Result:
+    tps: float
+    p50: float
+    p99: float
+    errors: dict[str, int]
+    server_ms: float  # server CPU per transaction
+
+
+def run_load(t: Target, key_pem: bytes, implicit: bool, duration: float, concurrency: int) -> Result:
+    import client_sdk.cmp  # noqa: F401 - imported before the fork, so the workers start at once
+
+    ctx = mp.get_context("fork")
+    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    start = time.time() + 1.0
+    end = start + duration
+    procs = [ctx.Process(target=_worker, args=(t.url, t.recipient_pem, key_pem, implicit, start, end, q))
+             for _ in range(concurrency)]
+    for p in procs:
+        p.start()
+    while time.time() < start:
+        time.sleep(0.01)
+    cpu0 = tree_cpu(t.session)
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    for _ in procs:
+        got_lat, got_err = q.get(timeout=duration + 120)
+        lat += got_lat
+        for k, v in got_err.items():
+            errors[k] = errors.get(k, 0) + v
+    cpu = tree_cpu(t.session) - cpu0
+    for p in procs:
+        p.join(10)
+    lat.sort()
+    n = len(lat)
+    return Result(n / duration, lat[n // 2] * 1000 if n else float("nan"),
+                  lat[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"), errors,
+                  cpu * 1000 / n if n else float("nan"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--concurrency", type=int, default=8, help="client processes")
+    ap.add_argument("--rounds", type=int, default=2, help="measured runs per server and mode (median)")
+    args = ap.parse_args()
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key_pem = _pem(ec.generate_private_key(ec.SECP256R1()), True)
+    with tempfile.TemporaryDirectory(prefix="csm-bench-cmp-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        targets = [start_csm(work, stack), start_mock(work, key_pem, stack)]
+        print(f"CMP IR, PBM ({ITERATIONS} it.), EC P-256, {args.concurrency} client processes, "
+              f"{args.duration:g} s x {args.rounds} runs (median); {os.cpu_count()} cores")
+        table: dict[tuple[str, str], list[Result]] = {}
+        for mode, implicit in (("implicitConfirm", True), ("certConf", False)):
+            for t in targets:  # warm-up
+                run_load(t, key_pem, implicit, 2.0, args.concurrency)
+            for _ in range(args.rounds):
+                for t in targets:
+                    table.setdefault((t.name, mode), []).append(
+                        run_load(t, key_pem, implicit, args.duration, args.concurrency))
+        summary: dict[tuple[str, str], Result] = {}
+        for (name, mode), rs in table.items():
+            r = sorted(rs, key=lambda x: x.tps)[len(rs) // 2]
+            errs: dict[str, int] = {}
+            for x in rs:
+                for k, v in x.errors.items():
+                    errs[k] = errs.get(k, 0) + v
+            summary[(name, mode)] = Result(statistics.median(x.tps for x in rs), r.p50, r.p99, errs,
+                                           statistics.median(x.server_ms for x in rs))
+            s = summary[(name, mode)]
+            print(f"  {name:13s} {mode:15s} {s.tps:7.1f} tx/s  p50 {s.p50:6.1f} ms  p99 {s.p99:6.1f} ms  "
+                  f"server CPU {s.server_ms:5.1f} ms/tx  errors {errs or 0}")
+        for mode in ("implicitConfirm", "certConf"):
+            c, o = summary[("csm serve", mode)], summary[("openssl mock", mode)]
+            print(f"  ratio csm / openssl mock, {mode}: {c.tps / o.tps:.2f}x throughput "
+                  f"(server CPU per tx {c.server_ms / o.server_ms:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
