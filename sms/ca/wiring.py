@@ -6,7 +6,8 @@ Other front ends (REST views, the CMP service, the CLI) all reach the engine thr
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ca import CaEngine, CrlPublisher, OcspResponder
 from ca.signer import PublicKey, SigningKey
@@ -15,7 +16,8 @@ from hsm.types import KeyInfo, KeyType
 from ..runtime import Services
 from .store import SqlCaStore
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+T = TypeVar("T")
 EXTRA_KEY = "ca"
 _STORE_KEY = "ca.store"
 _CRL_KEY = "ca.crl"
@@ -53,46 +55,35 @@ class TokenKeys:
         self._lazy.get().destroy(label)
 
 
+def _once(svc: Services, key: str, build: Callable[[], T]) -> T:
+    """``svc.extras[key]``, built by ``build()`` the first time (once, even with threads)."""
+    value: T | None = svc.extras.get(key)
+    if value is not None:
+        return value
+    with _LOCK:
+        value = svc.extras.get(key)
+        if value is None:
+            value = build()
+            svc.extras[key] = value
+    return value
+
+
 def ca_store(svc: Services) -> SqlCaStore:
     """The SQL repositories (both Protocols) over ``svc.sessions``."""
-    store: SqlCaStore | None = svc.extras.get(_STORE_KEY)
-    if store is not None:
-        return store
-    with _LOCK:
-        store = svc.extras.get(_STORE_KEY)
-        if store is None:
-            store = SqlCaStore(svc.sessions)
-            svc.extras[_STORE_KEY] = store
-    return store
+    return _once(svc, _STORE_KEY, lambda: SqlCaStore(svc.sessions))
 
 
 def ca_engine(svc: Services) -> CaEngine:
     """The process's CA engine: keys in ``svc.keystore`` (opened on first signature), records in
     the service database."""
-    engine: CaEngine | None = svc.extras.get(EXTRA_KEY)
-    if engine is not None:
-        return engine
     store = ca_store(svc)
-    with _LOCK:
-        engine = svc.extras.get(EXTRA_KEY)
-        if engine is None:
-            engine = CaEngine(keys=TokenKeys(svc.keystore), cas=store, certificates=store)
-            svc.extras[EXTRA_KEY] = engine
-    return engine
+    return _once(svc, EXTRA_KEY, lambda: CaEngine(keys=TokenKeys(svc.keystore), cas=store, certificates=store))
 
 
 def crl_publisher(svc: Services) -> CrlPublisher:
     """Hands out each CA's current CRL, re-signing it after a revocation or before nextUpdate."""
-    pub: CrlPublisher | None = svc.extras.get(_CRL_KEY)
-    if pub is not None:
-        return pub
     engine = ca_engine(svc)
-    with _LOCK:
-        pub = svc.extras.get(_CRL_KEY)
-        if pub is None:
-            pub = CrlPublisher(engine)
-            svc.extras[_CRL_KEY] = pub
-    return pub
+    return _once(svc, _CRL_KEY, lambda: CrlPublisher(engine))
 
 
 def ocsp_responder(svc: Services, ca_name: str) -> OcspResponder:
