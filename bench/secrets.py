@@ -1,18 +1,27 @@
 """Secrets throughput: csm vs OpenBao (persistent + audited, and dev mode), same run, same wrk load.
 
-    .venv/bin/python bench/secrets.py [--duration 8] [--connections 16]
+    .venv/bin/python bench/secrets.py [--duration 6] [--rounds 3] [--connections 16]
 
 * csm is started the way the README does: ``csm serve`` on a fresh data directory, with
   ``--plain-http --host 127.0.0.1`` (plain HTTP on loopback, like the OpenBao listeners here;
-  no TLS on either side). Every value is sealed with AES-256-GCM in the SoftHSM token.
+  no TLS on either side). Every value is sealed with AES-256-GCM in the SoftHSM token and every
+  request is audited (hash chain + token MAC, fail-closed).
 * OpenBao "persistent": integrated storage (raft, fsync per commit) in a temp dir, initialised
-  and unsealed by this script, KV v2 at ``secret/``, and a **file audit device** declared in its config (csm
-  audits every request too). OpenBao "dev": in-memory storage, no audit.
-* Load: ``wrk -t1 -c16 --latency`` over 1000 keys, secrets of 5 pairs (~200 bytes of JSON);
-  write = a new version of an existing key, then reads of the same keys. A warm-up precedes
-  every measured run. Bounded: about 2 minutes in total.
+  and unsealed by this script, KV v2 at ``secret/``, and a **file audit device** declared in its
+  config. OpenBao "dev": in-memory storage, no audit.
+* Load: ``wrk -t1 -c16 --latency`` over 1000 keys, secrets of 5 pairs (~160 bytes of JSON);
+  write = a new version of an existing key, read = the latest version of the same keys.
+* Fairness on a shared machine: the three servers run side by side (an idle server costs
+  nothing) and the runs are **interleaved**: each round measures every system once per
+  operation, in a rotating order, after a 2 s warm-up. Figures are medians over the rounds.
+  For every run the script also records the CPU used by the server's process tree, by wrk and
+  by everything else ("other", from /proc/stat): CPU per request does not depend on what
+  else the machine was doing, throughput does. Before each run it waits (at most 10 s) for
+  the other load to drop below 0.2 core; runs with more than 0.3 core of other load are
+  marked ``*``.
 
-Prints req/s, p50/p99 latency for each system and operation, and the ratios csm / OpenBao.
+Prints req/s, p50/p99 latency and server CPU per request for each system and operation, and
+the ratios csm / OpenBao. Bounded: about 3 minutes with the defaults.
 """
 from __future__ import annotations
 
@@ -20,14 +29,18 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -102,6 +115,17 @@ class Result:
     p50: float
     p99: float
     errors: int
+    server_cores: float = 0.0  # CPU of the server's process tree during the run
+    client_cores: float = 0.0  # CPU of wrk
+    other_cores: float = 0.0  # everything else on the machine
+
+    @property
+    def server_ms_per_req(self) -> float:
+        return self.server_cores * 1000 / self.rps if self.rps else float("nan")
+
+    @property
+    def noisy(self) -> bool:
+        return self.other_cores > 0.3
 
 
 def _ms(text: str) -> float:
@@ -112,38 +136,107 @@ def _ms(text: str) -> float:
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(session: int) -> float:
+    """CPU seconds (user + system) of every live process in ``session``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 (session id), counted after the comm field
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent not idle (all cores)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]  # idle + iowait
+    return (sum(vals[:8]) - idle) / TICK
+
+
+def wait_quiet(sessions: list[int], limit: float = 10.0, threshold: float = 0.2) -> None:
+    """Wait (at most ``limit`` s) until load outside our servers drops below ``threshold`` cores."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        b0, s0, t0 = machine_busy(), sum(tree_cpu(x) for x in sessions), time.monotonic()
+        time.sleep(1.0)
+        other = (machine_busy() - b0 - (sum(tree_cpu(x) for x in sessions) - s0)) / (time.monotonic() - t0)
+        if other < threshold:
+            return
+
+
 def wrk(base: str, method: str, prefix: str, token_header: str, token: str, body: str | None,
-        duration: int, conns: int, workdir: Path) -> Result:
+        duration: int, conns: int, workdir: Path, session: int = 0) -> Result:
     script = workdir / f"wrk-{method}.lua"
     script.write_text(LUA % {"method": method, "prefix": prefix, "token_header": token_header, "token": token,
                              "body": json.dumps(body) if body else "nil", "keys": KEYS})
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script), base]
+    busy0, srv0, t0 = machine_busy(), tree_cpu(session) if session else 0.0, time.monotonic()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    elapsed = time.monotonic() - t0
+    srv = (tree_cpu(session) - srv0) if session else 0.0
+    cli = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    other = max(0.0, machine_busy() - busy0 - srv - cli)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # anchored: "89.50%" in the Stdev column must not be taken for the 50th percentile
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
     errors = int(non2xx.group(1)) if non2xx else 0
     if sock:
         errors += sum(int(x) for x in re.findall(r"\d+", sock.group(1)))
-    return Result(rps, p50, p99, errors)
+    return Result(rps, p50, p99, errors, srv / elapsed, cli / elapsed, other / elapsed)
 
 
-def measure(name: str, base: str, write: tuple[str, str, str], read_prefix: str, token_header: str, token: str,
-            duration: int, conns: int, workdir: Path) -> dict[str, Result]:
-    method, prefix, body = write
-    wrk(base, method, prefix, token_header, token, body, 2, conns, workdir)  # warm-up
-    w = wrk(base, method, prefix, token_header, token, body, duration, conns, workdir)
-    wrk(base, "GET", read_prefix, token_header, token, None, 2, conns, workdir)
-    r = wrk(base, "GET", read_prefix, token_header, token, None, duration, conns, workdir)
-    print(f"  {name:<28} write {w.rps:7.0f}/s  p50 {w.p50:6.1f} ms  p99 {w.p99:6.1f} ms  errors {w.errors}", flush=True)
-    print(f"  {'':<28} read  {r.rps:7.0f}/s  p50 {r.p50:6.1f} ms  p99 {r.p99:6.1f} ms  errors {r.errors}", flush=True)
-    return {"write": w, "read": r}
+@dataclass
+class Target:
+    """A running system under test: how to write and read one of the 1000 keys."""
+
+    name: str
+    base: str
+    write: tuple[str, str, str]  # method, path prefix, body
+    read_prefix: str
+    token_header: str
+    token: str
+    session: int
+    results: dict[str, list[Result]] = field(default_factory=lambda: {"write": [], "read": []})
+
+    def run(self, op: str, duration: int, conns: int, workdir: Path) -> Result:
+        method, prefix, body = self.write if op == "write" else ("GET", self.read_prefix, None)
+        wrk(self.base, method, prefix, self.token_header, self.token, body, 2, conns, workdir)  # warm-up
+        r = wrk(self.base, method, prefix, self.token_header, self.token, body, duration, conns, workdir,
+                self.session)
+        self.results[op].append(r)
+        return r
+
+    def median(self, op: str) -> Result:
+        rs = self.results[op]
+        med = statistics.median
+        return Result(med(r.rps for r in rs), med(r.p50 for r in rs), med(r.p99 for r in rs),
+                      sum(r.errors for r in rs), med(r.server_cores for r in rs), med(r.client_cores for r in rs),
+                      med(r.other_cores for r in rs))
+
+
+def line(name: str, op: str, r: Result, mark: str = "") -> str:
+    return (f"  {name:<30} {op:<5} {r.rps:7.0f}/s  p50 {r.p50:6.1f} ms  p99 {r.p99:6.1f} ms  "
+            f"server {r.server_cores:4.2f} cores = {r.server_ms_per_req:5.2f} ms/req  "
+            f"other {r.other_cores:4.2f}  errors {r.errors}{mark}")
 
 
 # ---- csm ------------------------------------------------------------------------------------
-def run_csm(workdir: Path, duration: int, conns: int, extra: list[str]) -> dict[str, Result]:
+def start_csm(workdir: Path, extra: list[str], stack: ExitStack) -> Target:
     data = workdir / "csm-data"
     port = free_port()
     log = open(workdir / "csm.log", "wb")  # noqa: SIM115
@@ -152,22 +245,20 @@ def run_csm(workdir: Path, duration: int, conns: int, extra: list[str]) -> dict[
     proc = subprocess.Popen([PY, "-m", "sms.cli", "serve", "--data-dir", str(data), "--plain-http", "--host",
                              "127.0.0.1", "--port", str(port), "--log-level", "WARNING", *extra],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    stack.callback(log.close)
+    stack.callback(stop, proc)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(base + "/v1/sys/ready", (200,), 90, proc)
-        token = (data / "root-token").read_text().strip()
-        s = requests.Session()
-        s.headers["X-CSM-Token"] = token
-        s.post(base + "/v1/domains", json={"name": "bench"}).raise_for_status()
-        for i in range(KEYS):
-            s.post(base + "/v1/domains/bench/secrets", json={"name": f"k{i}", "values": secret_values(i)}
-                   ).raise_for_status()
-        body = json.dumps({"values": secret_values(7)})
-        return measure("csm (SQLite, token AES-GCM)", base, ("PUT", "/v1/domains/bench/secrets/k", body),
-                       "/v1/domains/bench/secrets/k", "X-CSM-Token", token, duration, conns, workdir)
-    finally:
-        stop(proc)
-        log.close()
+    wait_http(base + "/v1/sys/ready", (200,), 90, proc)
+    token = (data / "root-token").read_text().strip()
+    s = requests.Session()
+    s.headers["X-CSM-Token"] = token
+    s.post(base + "/v1/domains", json={"name": "bench"}).raise_for_status()
+    for i in range(KEYS):
+        s.post(base + "/v1/domains/bench/secrets", json={"name": f"k{i}", "values": secret_values(i)}
+               ).raise_for_status()
+    body = json.dumps({"values": secret_values(7)})
+    return Target("csm (SQLite, token AES-GCM)", base, ("PUT", "/v1/domains/bench/secrets/k", body),
+                  "/v1/domains/bench/secrets/k", "X-CSM-Token", token, proc.pid)
 
 
 # ---- OpenBao --------------------------------------------------------------------------------
@@ -194,7 +285,7 @@ def _bao_fill(base: str, token: str) -> None:
         r.raise_for_status()
 
 
-def run_bao_dev(workdir: Path, duration: int, conns: int) -> dict[str, Result]:
+def start_bao_dev(workdir: Path, stack: ExitStack) -> Target:
     port = free_port()
     home = workdir / "bao-dev"
     home.mkdir()
@@ -203,19 +294,17 @@ def run_bao_dev(workdir: Path, duration: int, conns: int) -> dict[str, Result]:
                              f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HOME=str(home)),
                             start_new_session=True)
+    stack.callback(log.close)
+    stack.callback(stop, proc)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(base + "/v1/sys/health", (200,), 30, proc)
-        _bao_fill(base, "root")
-        body = json.dumps({"data": secret_values(7)})
-        return measure("OpenBao dev (inmem, no audit)", base, ("POST", "/v1/secret/data/bench/k", body),
-                       "/v1/secret/data/bench/k", "X-Vault-Token", "root", duration, conns, workdir)
-    finally:
-        stop(proc)
-        log.close()
+    wait_http(base + "/v1/sys/health", (200,), 30, proc)
+    _bao_fill(base, "root")
+    body = json.dumps({"data": secret_values(7)})
+    return Target("OpenBao dev (inmem, no audit)", base, ("POST", "/v1/secret/data/bench/k", body),
+                  "/v1/secret/data/bench/k", "X-Vault-Token", "root", proc.pid)
 
 
-def run_bao_persistent(workdir: Path, duration: int, conns: int) -> dict[str, Result]:
+def start_bao_persistent(workdir: Path, stack: ExitStack) -> Target:
     port, cport = free_port(), free_port()
     home = workdir / "bao-raft"
     (home / "raft").mkdir(parents=True)
@@ -243,40 +332,36 @@ audit "file" "bench-file" {{
     log = open(workdir / "bao-raft.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([bao_binary(), "server", f"-config={cfg}"], stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, HOME=str(home)), start_new_session=True)
+    stack.callback(log.close)
+    stack.callback(stop, proc)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(base + "/v1/sys/health", (200, 429, 472, 473, 501, 503), 30, proc)
-        init = requests.put(base + "/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
-        init.raise_for_status()
-        keys = init.json()
-        requests.put(base + "/v1/sys/unseal", json={"key": keys["keys_base64"][0]}, timeout=30).raise_for_status()
-        token = keys["root_token"]
-        wait_http(base + "/v1/sys/health", (200,), 30, proc)  # active, unsealed, leader elected
-        h = {"X-Vault-Token": token}
-        requests.post(base + "/v1/sys/mounts/secret", json={"type": "kv", "options": {"version": "2"}},
-                      headers=h, timeout=30).raise_for_status()
-        deadline = time.monotonic() + 20
-        while True:  # the KV v2 mount upgrades itself asynchronously right after mounting
-            r = requests.post(f"{base}/v1/secret/data/bench/k0", json={"data": secret_values(0)}, headers=h, timeout=10)
-            if r.status_code == 200 or time.monotonic() > deadline:
-                r.raise_for_status()
-                break
-            time.sleep(0.2)
-        _bao_fill(base, token)
-        body = json.dumps({"data": secret_values(7)})
-        res = measure("OpenBao raft + file audit", base, ("POST", "/v1/secret/data/bench/k", body),
-                      "/v1/secret/data/bench/k", "X-Vault-Token", token, duration, conns, workdir)
-        audit_bytes = (home / "audit.log").stat().st_size
-        print(f"  {'':<28} (audit log grew to {audit_bytes / 1e6:.1f} MB)")
-        return res
-    finally:
-        stop(proc)
-        log.close()
+    wait_http(base + "/v1/sys/health", (200, 429, 472, 473, 501, 503), 30, proc)
+    init = requests.put(base + "/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
+    init.raise_for_status()
+    keys = init.json()
+    requests.put(base + "/v1/sys/unseal", json={"key": keys["keys_base64"][0]}, timeout=30).raise_for_status()
+    token = keys["root_token"]
+    wait_http(base + "/v1/sys/health", (200,), 30, proc)  # active, unsealed, leader elected
+    h = {"X-Vault-Token": token}
+    requests.post(base + "/v1/sys/mounts/secret", json={"type": "kv", "options": {"version": "2"}},
+                  headers=h, timeout=30).raise_for_status()
+    deadline = time.monotonic() + 20
+    while True:  # the KV v2 mount upgrades itself asynchronously right after mounting
+        r = requests.post(f"{base}/v1/secret/data/bench/k0", json={"data": secret_values(0)}, headers=h, timeout=10)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            r.raise_for_status()
+            break
+        time.sleep(0.2)
+    _bao_fill(base, token)
+    body = json.dumps({"data": secret_values(7)})
+    return Target("OpenBao raft + file audit", base, ("POST", "/v1/secret/data/bench/k", body),
+                  "/v1/secret/data/bench/k", "X-Vault-Token", token, proc.pid)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=int, default=8, help="seconds per measured run (default 8)")
+    ap.add_argument("--duration", type=int, default=6, help="seconds per measured run (default 6)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians (default 3)")
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--csm-arg", action="append", default=[], help="extra argument for csm serve (repeatable)")
@@ -286,23 +371,44 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="csm-bench-secrets-"))
     started = time.monotonic()
-    print(f"secrets of 5 pairs, {BODY_BYTES} bytes of JSON; wrk -t1 -c{args.connections}, {args.duration} s per run")
+    print(f"secrets of 5 pairs, {BODY_BYTES} bytes of JSON; wrk -t1 -c{args.connections}, {args.duration} s per run, "
+          f"{args.rounds} interleaved rounds")
+    starters: list[tuple[str, Callable[[ExitStack], Target]]] = []
+    if args.only != "bao":
+        starters.append(("csm", lambda st: start_csm(workdir, args.csm_arg, st)))
+    if args.only != "csm":
+        starters.append(("raft", lambda st: start_bao_persistent(workdir, st)))
+        starters.append(("dev", lambda st: start_bao_dev(workdir, st)))
     try:
-        if args.only != "bao":
-            csm = run_csm(workdir, args.duration, args.connections, args.csm_arg)
-        if args.only != "csm":
-            raft = run_bao_persistent(workdir, args.duration, args.connections)
-            dev = run_bao_dev(workdir, args.duration, args.connections)
+        with ExitStack() as stack:
+            targets = {key: start(stack) for key, start in starters}
+            order = list(targets.values())
+            sessions = [t.session for t in order]
+            for rnd in range(args.rounds):
+                rot = order[rnd % len(order):] + order[:rnd % len(order)]
+                for op in ("write", "read"):
+                    for t in rot:
+                        wait_quiet(sessions)
+                        r = t.run(op, args.duration, args.connections, workdir)
+                        print(line(t.name, op, r, " *" if r.noisy else ""), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"work directory kept: {workdir}")
+    print("\nmedians over the rounds:")
+    for t in targets.values():
+        for op in ("write", "read"):
+            print(line(t.name, op, t.median(op)))
     if args.only:
         return
-    print("\nratios (csm / OpenBao):")
+    csm, raft, dev = targets["csm"], targets["raft"], targets["dev"]
+    print("\nratios (csm / OpenBao), throughput and server CPU per request:")
     for op in ("write", "read"):
-        print(f"  {op:<5}  vs raft+audit {csm[op].rps / raft[op].rps:5.2f}x   vs dev {csm[op].rps / dev[op].rps:5.2f}x")
+        c, r, d = csm.median(op), raft.median(op), dev.median(op)
+        print(f"  {op:<5}  vs raft+audit {c.rps / r.rps:5.2f}x   vs dev {c.rps / d.rps:5.2f}x   "
+              f"(CPU/req: csm {c.server_ms_per_req:.2f} ms, raft {r.server_ms_per_req:.2f} ms, "
+              f"dev {d.server_ms_per_req:.2f} ms)")
     print(f"total {time.monotonic() - started:.0f} s")
 
 

@@ -52,6 +52,8 @@ class Settings:
     max_body_bytes: int = _s(1048576, "Largest accepted request body, in bytes.", kind=int)
     token_ttl: int = _s(3600, "Default TTL of new tokens, in seconds.", kind=int)
     token_max_ttl: int = _s(86400 * 32, "Maximum lifetime of a token including renewals, in seconds.", kind=int)
+    auth_cache_ttl: int = _s(1, "Seconds a resolved token stays cached in a worker (0 = off). A revoke on another instance applies within this time.", kind=int)
+    audit_batch_max: int = _s(256, "Most audit entries committed (and MAC'd once) in one transaction; 1 = one transaction per entry.", kind=int)
     log_level: str = _s("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     onap_compat_errors: bool = _s(True, "ONAP SMS routes answer 500 where ONAP's clients expect it (instead of 404/409).", kind=bool)
     # ---- secrets feature ----

@@ -7,17 +7,26 @@ under ``sms/migrations/versions``.
 from __future__ import annotations
 
 import contextvars
+import copy
+import fcntl
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from .groupcommit import GroupCommit, GroupCommitError
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _WRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("csm_db_write", default=False)
 
@@ -28,12 +37,66 @@ class Base(DeclarativeBase):
     pass
 
 
+class SqliteWriteLock:
+    """Serialises writing transactions on one SQLite database: a re-entrant thread lock inside
+    the process and an ``flock`` on ``<database>.wlock`` across processes.
+
+    SQLite's own busy handler makes a waiting writer *sleep* (1, 2, 5, 10 … ms) and poll, so
+    under load most of a queued writer's wait is spent asleep after the lock was already free.
+    Here a writer queues on a kernel lock and wakes as soon as the holder is done;
+    ``BEGIN IMMEDIATE`` then succeeds at once. Writers that bypass this lock (another tool on
+    the same file) are still correct: they fall back to the busy timeout.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int | None:
+        if self._path is None:
+            return None
+        pid = os.getpid()
+        if self._fd is None or self._pid != pid:
+            # A descriptor inherited over fork shares its lock with the parent: open our own.
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = pid
+        return self._fd
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            fd = self._file() if self._depth == 0 else None
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, SqliteWriteLock] = weakref.WeakKeyDictionary()
+
+
+def write_lock(engine: Engine) -> SqliteWriteLock | None:
+    """The write lock of a SQLite engine (None for other databases)."""
+    return _WRITE_LOCKS.get(engine)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine with the pragmas/pool settings csm relies on."""
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        database = engine.url.database
+        _WRITE_LOCKS[engine] = SqliteWriteLock(
+            database + ".wlock" if database and database != ":memory:" else None)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
@@ -49,7 +112,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if _WRITE.get() else "BEGIN")
+            # Straight to the driver: a full SQLAlchemy execution here would cost as much as
+            # the statement the transaction exists for.
+            conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if _WRITE.get() else "BEGIN")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -66,16 +131,188 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(factory: sessionmaker[Session], *, write: bool = True) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error.
 
-    On SQLite a writing unit starts with ``BEGIN IMMEDIATE`` so concurrent writers queue on
-    the database lock (busy timeout) instead of failing when they upgrade a read snapshot;
-    ``write=False`` starts a plain deferred transaction that never blocks other readers.
+    On SQLite a writing unit first takes the :class:`SqliteWriteLock`, then starts with
+    ``BEGIN IMMEDIATE``, so concurrent writers queue instead of failing when they upgrade a
+    read snapshot; ``write=False`` starts a plain deferred transaction that never blocks other
+    readers.
     """
+    bind = factory.kw.get("bind")
+    lock = write_lock(bind) if write and isinstance(bind, Engine) else None
     token = _WRITE.set(write)
     try:
-        with factory() as session, session.begin():
-            yield session
+        if lock is None:
+            with factory() as session, session.begin():
+                yield session
+        else:
+            with lock.hold(), factory() as session, session.begin():
+                yield session
     finally:
         _WRITE.reset(token)
+
+
+@contextmanager
+def core_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = True) -> Iterator[Connection]:
+    """Like :func:`transaction`, on a Core connection (no ORM session: for hot paths)."""
+    engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
+    lock = write_lock(engine) if write else None
+    token = _WRITE.set(write)
+    try:
+        if lock is None:
+            with engine.begin() as conn:
+                yield conn
+        else:
+            with lock.hold(), engine.begin() as conn:
+                yield conn
+    finally:
+        _WRITE.reset(token)
+
+
+class RawTx:
+    """A DBAPI cursor inside one transaction, for the few statements on every request's path.
+
+    SQL is written once with ``?`` placeholders (rewritten to ``%s`` for drivers such as
+    psycopg that use the format style). Driver errors come out as SQLAlchemy's exception
+    classes (``IntegrityError``, ``OperationalError``), as they would from a Session.
+    """
+
+    __slots__ = ("cursor", "dialect", "_format", "_error")
+
+    def __init__(self, cursor: Any, dialect: str, paramstyle: str, error: type[Exception]) -> None:
+        self.cursor = cursor
+        self.dialect = dialect
+        self._format = paramstyle in ("format", "pyformat")
+        self._error = error
+
+    def _sql(self, sql: str) -> str:
+        if not self._format:
+            return sql
+        out = _FORMAT_SQL.get(sql)
+        if out is None:
+            out = _FORMAT_SQL[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return out
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            self.cursor.execute(self._sql(sql), params)
+        except self._error as exc:
+            raise DBAPIError.instance(sql, None, exc, self._error) from exc
+        return self.cursor
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            self.cursor.executemany(self._sql(sql), rows)
+        except self._error as exc:
+            raise DBAPIError.instance(sql, None, exc, self._error) from exc
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first row (a tuple) or None."""
+        return self.execute(sql, params).fetchone()
+
+
+_FORMAT_SQL: dict[str, str] = {}
+
+
+@contextmanager
+def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = True) -> Iterator[RawTx]:
+    """Like :func:`transaction`, on a pooled DBAPI connection (no SQLAlchemy execution layer).
+
+    Same locking as :func:`transaction`: on SQLite a writer holds the :class:`SqliteWriteLock`
+    and starts with ``BEGIN IMMEDIATE``. Commits on success, rolls back on any error."""
+    engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
+    dialect = engine.dialect
+    lock = write_lock(engine) if write else None
+    dbapi = dialect.dbapi
+    assert dbapi is not None
+    with lock.hold() if lock is not None else nullcontext():
+        conn = engine.raw_connection()
+        try:
+            try:
+                cur = conn.cursor()
+                if dialect.name == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield RawTx(cur, dialect.name, dialect.paramstyle, dbapi.Error)
+                conn.commit()
+            except dbapi.Error as exc:
+                raise DBAPIError.instance(None, None, exc, dbapi.Error) from exc
+        except BaseException:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection is dropped from the pool
+                conn.invalidate()
+            raise
+        finally:
+            conn.close()
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class Writer:
+    """Runs write units (functions of a :class:`RawTx`) and returns their results.
+
+    On SQLite, whose writers are serialised anyway, units handed in by concurrent threads of a
+    process share transactions (:mod:`sms.groupcommit`): one ``BEGIN IMMEDIATE`` and one
+    ``COMMIT`` — one fsync — per batch. Each unit runs inside its own ``SAVEPOINT``, so a unit
+    that raises leaves no trace and its caller gets its exception, while the others commit.
+    Nobody gets a result before the batch's COMMIT succeeded; if it fails, every caller of the
+    batch gets the error. A unit runs on whichever thread leads its batch: it must only use
+    what it closes over and the transaction it is given.
+
+    Other databases take one transaction per unit: concurrent transactions commit in parallel
+    there, and PostgreSQL already flushes its log for them in groups.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 64) -> None:
+        self._engine = engine
+        self._group: GroupCommit[Callable[[RawTx], Any], Any] | None = (
+            GroupCommit(self._commit, max_batch=max_batch) if engine.dialect.name == "sqlite" else None)
+
+    def run(self, unit: Callable[[RawTx], T]) -> T:
+        if self._group is None:
+            with raw_transaction(self._engine) as tx:
+                return unit(tx)
+        try:
+            outcome = self._group.submit(unit)
+        except GroupCommitError as exc:
+            if isinstance(exc.__cause__, DBAPIError):  # keep the retry-able class for callers
+                raise copy.copy(exc.__cause__) from exc
+            raise
+        if isinstance(outcome, _Failed):
+            raise outcome.error
+        return outcome  # type: ignore[no-any-return]
+
+    def _commit(self, units: Sequence[Callable[[RawTx], Any]]) -> list[Any]:
+        out: list[Any] = []
+        with raw_transaction(self._engine) as tx:
+            for unit in units:
+                tx.execute("SAVEPOINT csm_unit")
+                try:
+                    out.append(unit(tx))
+                except Exception as exc:  # noqa: BLE001 - handed to the unit's own caller
+                    tx.execute("ROLLBACK TO SAVEPOINT csm_unit")
+                    out.append(_Failed(exc))
+                tx.execute("RELEASE SAVEPOINT csm_unit")
+        return out
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, Writer] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def writer(factory: sessionmaker[Session] | Engine) -> Writer:
+    """The process's :class:`Writer` for this engine (created on first use)."""
+    engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
+    w = _WRITERS.get(engine)
+    if w is None:
+        with _WRITERS_LOCK:
+            w = _WRITERS.get(engine)
+            if w is None:
+                w = _WRITERS[engine] = Writer(engine)
+    return w
 
 
 def alembic_config(engine: Engine) -> Any:
@@ -146,4 +383,5 @@ def dispose_after_fork(engine: Engine) -> None:
     engine.dispose(close=False)
 
 
-__all__ = ["Base", "NullPool", "make_engine", "session_factory", "transaction", "migrate", "ping"]
+__all__ = ["Base", "NullPool", "RawTx", "make_engine", "session_factory", "transaction", "core_transaction",
+           "raw_transaction", "migrate", "ping", "write_lock", "Writer", "writer"]

@@ -135,6 +135,7 @@ def build_services(settings: Settings, *, token_config: TokenConfig | None = Non
         engine=engine,
         sessions=sessions,
         keystore=ks,
-        auth=AuthService(sessions, default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl),
-        audit=AuditLog(sessions, ks, AUDIT_MAC_KEY),
+        auth=AuthService(sessions, default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl,
+                         cache_ttl=max(0, settings.auth_cache_ttl)),
+        audit=AuditLog(sessions, ks, AUDIT_MAC_KEY, batch_max=max(1, settings.audit_batch_max)),
     )

@@ -212,6 +212,27 @@ def record_audit(response: Response) -> Response:
     return response
 
 
+def buffered_body(app: Callable[..., Any]) -> Callable[..., Any]:
+    """WSGI middleware: hand the server each response body as a one-element list.
+
+    Flask returns a closing iterator, which granian drains through a Python wrapper chunk by
+    chunk; a list takes its single-copy fast path. csm's responses are built in memory anyway
+    (no streaming), so nothing is held longer than before."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        it = app(environ, start_response)
+        if isinstance(it, list):
+            return it
+        try:
+            return [b"".join(it)]
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    return wsgi
+
+
 def assign_request_id() -> None:
     rid = request.headers.get("X-Request-ID", "")
     g.request_id = rid if _REQUEST_ID_RE.match(rid) else secrets.token_hex(8)

@@ -1,4 +1,5 @@
 """WSGI target for granian/gunicorn workers: ``sms.wsgi:app``."""
 from .app import wsgi_from_env
+from .web import buffered_body
 
-app = wsgi_from_env()
+app = buffered_body(wsgi_from_env())

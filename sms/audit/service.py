@@ -2,9 +2,11 @@
 
 Each entry's hash covers its canonical JSON (which includes the previous entry's hash), so
 an edited, inserted or deleted entry breaks the chain. Because an attacker with database
-access could recompute a plain hash chain, every entry hash is also authenticated with
-AES-GMAC (AES-256-GCM over empty plaintext, the hash as associated data) under a key that
-never leaves the token: ``csm audit verify`` detects edits even when the hashes were redone.
+access could recompute a plain hash chain, the chain is also authenticated with AES-GMAC
+(AES-256-GCM over empty plaintext, an entry hash as associated data) under a key that never
+leaves the token: the last entry of every committed batch carries the MAC of its hash, which
+covers it and, through the chain, every entry back to the previous MAC. ``csm audit verify``
+detects edits even when the hashes were redone, and a tail cut inside a batch.
 
 Entries record who, what, when and the outcome; they never contain secret values or tokens
 (callers pass only names, accessors and paths).
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,7 +24,8 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import transaction
+from ..db import RawTx, transaction, writer
+from ..groupcommit import GroupCommit
 from .models import AuditHead, AuditRow
 
 log = logging.getLogger(__name__)
@@ -79,43 +82,75 @@ def _row_event(r: AuditRow) -> AuditEvent:
     return AuditEvent(r.actor, r.action, r.resource, r.outcome, r.status, r.request_id, r.remote, json.loads(r.detail))
 
 
+# The append path runs on every request: plain SQL on the DBAPI cursor (db.raw_transaction).
+_COLUMNS = ("seq", "ts", "actor", "action", "resource", "outcome", "status", "request_id", "remote", "detail",
+            "prev_hash", "entry_hash", "mac", "mac_key")
+_HEAD_SQL = f"SELECT seq, entry_hash FROM {AuditHead.__tablename__} WHERE id = 1"
+_INSERT_SQL = (f"INSERT INTO {AuditRow.__tablename__} ({', '.join(_COLUMNS)}) "
+               f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
+_GENESIS_SQL = f"INSERT INTO {AuditHead.__tablename__} (id, seq, entry_hash) VALUES (1, 0, ?)"
+_MOVE_HEAD_SQL = f"UPDATE {AuditHead.__tablename__} SET seq = ?, entry_hash = ? WHERE id = 1"
+
+
 class AuditLog:
-    def __init__(self, sessions: sessionmaker[Session], keystore: MacKeyStore, mac_key_label: str) -> None:
+    """The audit log. ``append`` blocks until the entry is committed (or raises).
+
+    Appends from concurrent threads are group-committed (:mod:`sms.groupcommit`): one
+    transaction takes the chain head's lock once for a whole batch, links every entry of the
+    batch, and MACs the batch's last entry in the token. Because each entry's hash covers the
+    previous hash, that one MAC authenticates every entry since the previous MAC'd one; the
+    other entries of the batch store an empty MAC. ``batch_max=1`` gives one transaction and
+    one MAC per entry.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], keystore: MacKeyStore, mac_key_label: str, *,
+                 batch_max: int = 256, wait_timeout: float = 10.0) -> None:
         self._sessions = sessions
         self._ks = keystore
         self._label = mac_key_label
+        self._group: GroupCommit[tuple[str, AuditEvent], int] = GroupCommit(
+            self._commit_batch, max_batch=max(1, batch_max), timeout=wait_timeout)
+
+    @property
+    def group(self) -> GroupCommit[tuple[str, AuditEvent], int]:
+        return self._group
 
     def append(self, ev: AuditEvent) -> int:
-        """Append one entry (serialised across processes by the head row lock); returns its seq."""
+        """Append one entry; returns its seq once its batch has committed.
+
+        Raises :class:`~sms.groupcommit.GroupCommitError` (with the cause) when the batch could
+        not be committed or did not commit in time: the caller must then refuse its request.
+        """
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
-        with transaction(self._sessions) as s:
-            head = s.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())
-            if head is None:  # pragma: no cover - created by the migration
-                head = AuditHead(id=1, seq=0, entry_hash=GENESIS)
-                s.add(head)
-            seq = head.seq + 1
-            digest = hashlib.sha256(_canonical(seq, ts, ev, head.entry_hash)).hexdigest()
-            mac = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(digest))
-            s.add(
-                AuditRow(
-                    seq=seq,
-                    ts=ts,
-                    actor=ev.actor[:256],
-                    action=ev.action[:64],
-                    resource=ev.resource[:1024],
-                    outcome=ev.outcome,
-                    status=ev.status,
-                    request_id=ev.request_id[:64],
-                    remote=ev.remote[:64],
-                    detail=json.dumps(ev.detail or {}, sort_keys=True),
-                    prev_hash=head.entry_hash,
-                    entry_hash=digest,
-                    mac=mac,
-                    mac_key=self._label,
-                )
-            )
-            head.seq, head.entry_hash = seq, digest
-        return seq
+        return self._group.submit((ts, ev))
+
+    def _commit_batch(self, items: Sequence[tuple[str, AuditEvent]]) -> list[int]:
+        """Link, MAC and insert a batch in one transaction, serialised across processes by the
+        head row lock (FOR UPDATE on PostgreSQL, the database write lock on SQLite). On SQLite
+        the batch is one unit of the process's :class:`~sms.db.Writer`, so it may share its
+        commit with concurrent secret writes."""
+        return writer(self._sessions).run(lambda tx: self._append_rows(tx, items))
+
+    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]]) -> list[int]:
+        head = tx.one(_HEAD_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""))
+        if head is None:  # pragma: no cover - created by the migration
+            tx.execute(_GENESIS_SQL, (GENESIS,))
+            seq, prev = 0, GENESIS
+        else:
+            seq, prev = int(head[0]), str(head[1])
+        rows: list[list[Any]] = []
+        for ts, ev in items:
+            seq += 1
+            digest = hashlib.sha256(_canonical(seq, ts, ev, prev)).hexdigest()
+            rows.append([seq, ts, ev.actor[:256], ev.action[:64], ev.resource[:1024], ev.outcome, ev.status,
+                         ev.request_id[:64], ev.remote[:64], json.dumps(ev.detail or {}, sort_keys=True),
+                         prev, digest, b"", self._label])
+            prev = digest
+        rows[-1][12] = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(prev))
+        tx.executemany(_INSERT_SQL, rows)
+        tx.execute(_MOVE_HEAD_SQL, (seq, prev))
+        first = seq - len(rows) + 1
+        return list(range(first, seq + 1))
 
     def entries(self, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         with transaction(self._sessions, write=False) as s:
@@ -140,10 +175,14 @@ class AuditLog:
             last = rows[-1].seq
 
     def verify(self, progress: Any = None) -> VerifyReport:
-        """Walk the whole chain; report the first entry that fails (hash, link, MAC or head)."""
+        """Walk the whole chain; report the first entry that fails (hash, link, MAC or head).
+
+        An entry with an empty MAC is covered by the next entry that has one (the end of its
+        batch); the last entry must carry a MAC."""
         from hsm import DecryptionFailed, KeyNotFound
 
         prev, expected_seq, n = GENESIS, 1, 0
+        uncovered: int | None = None  # first seq since the last MAC'd entry
         for r in self._iter_rows():
             n += 1
             if progress is not None:
@@ -155,11 +194,19 @@ class AuditLog:
             digest = hashlib.sha256(_canonical(r.seq, r.ts, _row_event(r), r.prev_hash)).hexdigest()
             if digest != r.entry_hash:
                 return VerifyReport(n, False, r.seq, f"entry {r.seq} was modified (hash mismatch)")
-            try:
-                self._ks.decrypt(r.mac_key, r.mac, aad=bytes.fromhex(digest))
-            except (DecryptionFailed, KeyNotFound):
-                return VerifyReport(n, False, r.seq, f"entry {r.seq} has an invalid MAC (rewritten chain?)")
+            if uncovered is None:
+                uncovered = r.seq
+            if r.mac:
+                try:
+                    self._ks.decrypt(r.mac_key, r.mac, aad=bytes.fromhex(digest))
+                except (DecryptionFailed, KeyNotFound):
+                    span = f"entry {r.seq}" if uncovered == r.seq else f"entries {uncovered}-{r.seq}"
+                    return VerifyReport(n, False, uncovered, f"{span}: invalid MAC (rewritten chain?)")
+                uncovered = None
             prev, expected_seq = r.entry_hash, r.seq + 1
+        if uncovered is not None:
+            return VerifyReport(n, False, uncovered,
+                                f"entries from {uncovered} on are not covered by a MAC (truncated batch?)")
         with transaction(self._sessions, write=False) as s:
             head = s.get(AuditHead, 1)
         if head is None or head.seq != expected_seq - 1 or head.entry_hash != prev:

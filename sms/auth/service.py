@@ -3,6 +3,11 @@
 Tokens are ``csm.`` + 43 base64url characters (256 random bits). Only the SHA-256 of a token
 is stored; a token is addressed for management by its *accessor*, a separate random id that
 grants nothing by itself.
+
+Resolved identities are cached in the process for ``cache_ttl`` seconds (keyed by the token's
+hash, never the token). Revoking or renewing a token and writing or deleting a policy empty
+this process's cache at once; another instance sharing the database notices such a change
+when its own entry expires, i.e. within ``cache_ttl``. Expiry is checked on every hit.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +103,44 @@ def _info(row: TokenRow) -> TokenInfo:
     )
 
 
+class IdentityCache:
+    """Token hash -> (identity, monotonic time fetched); bounded, emptied by :meth:`clear`.
+
+    ``clear`` bumps a generation number: a lookup that read the database before a clear does
+    not store its (possibly stale) result after it."""
+
+    def __init__(self, ttl: float, *, max_entries: int = 10000,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._max = max_entries
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[Identity, float]] = {}
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def get(self, key: str) -> Identity | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if self._monotonic() - hit[1] >= self.ttl:
+            self._entries.pop(key, None)
+            return None
+        return hit[0]
+
+    def put(self, key: str, ident: Identity, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key] = (ident, self._monotonic())
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+
+
 class AuthService:
     def __init__(
         self,
@@ -105,11 +149,14 @@ class AuthService:
         default_ttl: int,
         max_ttl: int,
         clock: Callable[[], float] = time.time,
+        cache_ttl: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self._clock = clock
+        self.cache = IdentityCache(cache_ttl, monotonic=monotonic)
 
     def _now(self) -> int:
         return int(self._clock())
@@ -174,6 +221,12 @@ class AuthService:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             raise Unauthenticated("the token is not valid")
         digest = hash_token(token)
+        cache = self.cache
+        if cache.ttl > 0:
+            hit = cache.get(digest)
+            if hit is not None and hit.token is not None and hit.token.expires_at > self._now():
+                return hit
+        generation = cache.generation
         with transaction(self._sessions, write=False) as s:
             row = s.scalar(select(TokenRow).where(TokenRow.token_hash == digest))
             if row is None or not hmac.compare_digest(row.token_hash, digest):
@@ -182,7 +235,10 @@ class AuthService:
                 raise Unauthenticated("the token has expired or was revoked")
             info = _info(row)
             policies = self._load_policies(s, info.policies)
-        return Identity("token", info.accessor, policies, info.is_root, info)
+        ident = Identity("token", info.accessor, policies, info.is_root, info)
+        if cache.ttl > 0:
+            cache.put(digest, ident, generation)
+        return ident
 
     def _load_policies(self, s: Session, names: Sequence[str]) -> tuple[Policy, ...]:
         if not names:
@@ -219,7 +275,9 @@ class AuthService:
             if not isinstance(inc, int) or inc < 1:
                 raise BadRequest("increment must be a positive number of seconds")
             row.expires_at = min(now + inc, row.max_expires_at)
-            return _info(row)
+            info = _info(row)
+        self.cache.clear()
+        return info
 
     def revoke(self, accessor: str) -> TokenInfo:
         """Revoke a token and, recursively, the tokens it created."""
@@ -234,7 +292,9 @@ class AuthService:
                 if r.revoked_at is None:
                     r.revoked_at = now
                 pending.extend(s.scalars(select(TokenRow).where(TokenRow.parent == r.accessor)))
-            return _info(row)
+            info = _info(row)
+        self.cache.clear()
+        return info
 
     def has_root_token(self) -> bool:
         with transaction(self._sessions, write=False) as s:
@@ -254,6 +314,7 @@ class AuthService:
                 s.add(PolicyRow(name=name, rules=doc, created_at=now, updated_at=now, version=1))
             else:
                 row.rules, row.updated_at, row.version = doc, now, row.version + 1
+        self.cache.clear()
         return policy
 
     def read_policy(self, name: str) -> dict[str, object]:
@@ -279,3 +340,4 @@ class AuthService:
             if row is None:
                 raise NotFound(f"no policy named {name!r}")
             s.delete(row)
+        self.cache.clear()

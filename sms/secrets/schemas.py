@@ -58,10 +58,6 @@ class SecretPatchSchema(ma.Schema):
     cas = fields.Integer(load_default=None, strict=True, validate=validate.Range(min=0))
 
 
-class VersionQuery(ma.Schema):
-    version = fields.Integer(load_default=None, validate=validate.Range(min=1))
-
-
 class VersionsQuery(ma.Schema):
     versions = DelimitedList(fields.Integer(validate=validate.Range(min=1)),
                                     metadata={"description": "comma-separated versions; default the latest"})

@@ -83,3 +83,134 @@ def test_truncated_tail_is_detected(services):
         c.execute(text("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)"))
     r = services.audit.verify()
     assert not r.ok and "head" in r.problem
+
+
+# ---- group commit: batches, fail-closed, crash in the middle of a batch ------------------------
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import threading  # noqa: E402
+
+from sms import db  # noqa: E402
+
+
+def _count(services):
+    with services.engine.connect() as c:
+        return c.execute(text("SELECT COUNT(*) FROM audit_log")).scalar_one()
+
+
+def _head(services):
+    with services.engine.connect() as c:
+        return tuple(c.execute(text("SELECT seq, entry_hash FROM audit_head WHERE id = 1")).one())
+
+
+def test_concurrent_appends_are_batched_with_one_mac_per_batch_and_the_chain_verifies(services):
+    before = services.audit.group.batches, services.audit.group.items
+    threads = [threading.Thread(target=_fill, args=(services, 10)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    batches = services.audit.group.batches - before[0]
+    assert services.audit.group.items - before[1] == 80
+    with services.engine.connect() as c:
+        macs = c.execute(text("SELECT COUNT(*) FROM audit_log WHERE LENGTH(mac) > 0")).scalar_one()
+        last_mac = c.execute(text("SELECT LENGTH(mac) FROM audit_log ORDER BY seq DESC LIMIT 1")).scalar_one()
+    assert macs == batches and last_mac > 0  # one token MAC per batch, the last entry always carries one
+    r = services.audit.verify()
+    assert r.ok and r.entries == _count(services) >= 80
+
+
+def test_a_tail_cut_inside_a_batch_is_detected(services):
+    from sms.audit.service import AuditEvent as Ev
+
+    services.audit._commit_batch([("2026-01-01T00:00:00.000000+00:00", Ev(f"token:b{i}", "secret.read", "s", "ok", 200))
+                                  for i in range(3)])
+    with services.engine.begin() as c:
+        last = c.execute(text("SELECT MAX(seq) FROM audit_log")).scalar_one()
+        prev = c.execute(text("SELECT entry_hash FROM audit_log WHERE seq = :s"), {"s": last - 1}).scalar_one()
+        c.execute(text("DELETE FROM audit_log WHERE seq = :s"), {"s": last})
+        c.execute(text("UPDATE audit_head SET seq = :s, entry_hash = :h"), {"s": last - 1, "h": prev})
+    r = services.audit.verify()
+    assert not r.ok and r.first_bad_seq == last - 2 and "not covered by a MAC" in r.problem
+
+
+def _refuse_audit_inserts(services, on: bool):
+    with services.engine.begin() as c:
+        if services.engine.dialect.name == "sqlite":
+            c.execute(text("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'full'); END"
+                           if on else "DROP TRIGGER refuse_audit"))
+        elif on:
+            c.execute(text("CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN RAISE EXCEPTION 'full'; END $$"))
+            c.execute(text("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log FOR EACH ROW "
+                           "EXECUTE FUNCTION refuse_audit()"))
+        else:
+            c.execute(text("DROP TRIGGER refuse_audit ON audit_log"))
+            c.execute(text("DROP FUNCTION refuse_audit()"))
+
+
+def test_every_request_of_a_batch_that_cannot_be_recorded_is_refused(app, root_headers, services):
+    client = app.test_client()
+    client.post("/v1/domains", json={"name": "fc"}, headers=root_headers)
+    client.post("/v1/domains/fc/secrets", json={"name": "s", "values": {"v": 1}}, headers=root_headers)
+    head, n = _head(services), _count(services)
+    _refuse_audit_inserts(services, True)
+    statuses: list[int] = []
+    try:
+        def read():
+            c = app.test_client()
+            for _ in range(5):
+                statuses.append(c.get("/v1/domains/fc/secrets/s", headers=root_headers).status_code)
+
+        threads = [threading.Thread(target=read) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        r = client.put("/v1/domains/fc/secrets/s", json={"values": {"v": 2}}, headers=root_headers)
+        assert r.status_code == 503 and r.headers["Retry-After"]
+    finally:
+        _refuse_audit_inserts(services, False)
+    assert statuses == [503] * 30  # fail-closed: nobody got a secret without a record
+    assert _head(services) == head and _count(services) == n  # nothing half-written
+    assert client.get("/v1/domains/fc/secrets/s", headers=root_headers).status_code == 200
+    assert services.audit.verify().ok
+
+
+def _crash_mid_batch(url: str, options: str, token_config) -> None:  # runs in a spawned process
+    from hsm.keystore import KeyStore
+    from sms.audit.service import AuditEvent as Ev
+    from sms.audit.service import AuditLog
+    from sms.runtime import AUDIT_MAC_KEY
+
+    engine = db.make_engine(url, **({"connect_args": {"options": options}} if options else {}))
+    ks = KeyStore(token_config)
+    ks.open()
+    log = AuditLog(db.session_factory(engine), ks, AUDIT_MAC_KEY)
+    items = [("2026-01-01T00:00:00.000000+00:00", Ev(f"token:crash{i}", "secret.read", "s", "ok", 200))
+             for i in range(4)]
+
+    def unit(tx):
+        log._append_rows(tx, items)  # rows inserted and head moved, inside the open transaction ...
+        os._exit(9)  # ... and the process dies before COMMIT
+
+    db.writer(engine).run(unit)
+
+
+def test_a_process_dying_in_the_middle_of_a_batch_leaves_a_verifiable_chain(services, token_config):
+    _fill(services, 3)
+    head, n = _head(services), _count(services)
+    options = ""
+    if services.engine.dialect.name == "postgresql":
+        with services.engine.connect() as c:
+            options = f"-csearch_path={c.execute(text('SELECT current_schema()')).scalar_one()}"
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=_crash_mid_batch,
+                    args=(services.engine.url.render_as_string(hide_password=False), options, token_config))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 9
+    assert _head(services) == head and _count(services) == n  # none of the batch was committed
+    assert services.audit.verify().ok
+    _fill(services, 1)  # the database (and its write lock) are free again
+    assert _count(services) == n + 1 and services.audit.verify().ok

@@ -136,3 +136,71 @@ def test_deleted_policy_stops_granting_at_once(client, root_headers):
     assert client.get("/v1/sys/policies", headers={"X-CSM-Token": t}).status_code == 200
     client.delete("/v1/sys/policies/lister", headers=root_headers)
     assert client.get("/v1/sys/policies", headers={"X-CSM-Token": t}).status_code == 403
+
+
+# ---- the per-process identity cache ------------------------------------------------------------
+def _auth(services, **kw):
+    from sms.auth.service import AuthService
+
+    return AuthService(services.sessions, default_ttl=60, max_ttl=3600, **kw)
+
+
+def test_revoke_applies_at_once_on_the_instance_that_revoked(client, root_headers, services):
+    assert services.auth.cache.ttl > 0  # the default configuration caches identities
+    created = client.post("/v1/auth/tokens", json={}, headers=root_headers).json
+    h = {"X-CSM-Token": created["token"]}
+    assert client.get("/v1/auth/tokens/self", headers=h).status_code == 200  # now cached
+    assert client.delete(f"/v1/auth/tokens/{created['accessor']}", headers=root_headers).status_code == 204
+    assert client.get("/v1/auth/tokens/self", headers=h).status_code == 401
+
+
+def test_a_revoke_on_another_instance_applies_within_the_cache_ttl(services):
+    from sms.errors import Unauthenticated
+
+    now = [1000.0]
+    a = _auth(services, cache_ttl=2, monotonic=lambda: now[0])
+    b = _auth(services, cache_ttl=2)
+    token, info = b.create_token(display_name="other-instance")
+    assert a.authenticate(token).name == info.accessor
+    b.revoke(info.accessor)
+    assert a.authenticate(token).name == info.accessor  # A has not looked again yet
+    now[0] += 2.0
+    with pytest.raises(Unauthenticated):
+        a.authenticate(token)
+
+
+def test_a_cached_token_still_expires_on_time(services):
+    from sms.errors import Unauthenticated
+
+    wall = [2_000_000_000.0]
+    a = _auth(services, cache_ttl=3600, clock=lambda: wall[0])
+    token, _info = a.create_token(ttl=10)
+    a.authenticate(token)
+    wall[0] += 11
+    with pytest.raises(Unauthenticated):
+        a.authenticate(token)
+
+
+def test_renewal_and_policy_changes_are_seen_at_once(client, root_headers):
+    client.put("/v1/sys/policies/self-reader", json={"rules": [{"path": "sys/policies", "capabilities": ["list"]}]},
+               headers=root_headers)
+    created = client.post("/v1/auth/tokens", json={"ttl": 60, "max_ttl": 600, "policies": ["self-reader"]},
+                          headers=root_headers).json
+    h = {"X-CSM-Token": created["token"]}
+    before = client.get("/v1/auth/tokens/self", headers=h).json["expires_at"]
+    assert client.get("/v1/sys/policies", headers=h).status_code == 200
+    client.post(f"/v1/auth/tokens/{created['accessor']}/renew", json={"increment": 500}, headers=root_headers)
+    assert client.get("/v1/auth/tokens/self", headers=h).json["expires_at"] > before
+    client.put("/v1/sys/policies/self-reader", json={"rules": [{"path": "nothing", "capabilities": ["read"]}]},
+               headers=root_headers)
+    assert client.get("/v1/sys/policies", headers=h).status_code == 403
+
+
+def test_a_lookup_that_raced_a_revoke_is_not_cached():
+    from sms.auth.service import Identity, IdentityCache
+
+    cache = IdentityCache(60)
+    generation = cache.generation  # a lookup starts reading the database ...
+    cache.clear()  # ... a revoke commits and empties the cache ...
+    cache.put("digest", Identity("token", "acc"), generation)  # ... the stale result arrives
+    assert cache.get("digest") is None

@@ -136,3 +136,34 @@ def test_secret_routes_are_in_the_openapi_document(client):
               "/v1/domains/{domain}/secrets/{name}", "/v1/domains/{domain}/secrets/{name}/metadata",
               "/v1/references/redeem", "/v1/sms/domain", "/v1/sms/domain/{domain}/secret/{name}"):
         assert p in paths, p
+
+
+def test_concurrent_check_and_set_increments_never_lose_an_update(app, h, dom):
+    """Threads of one process share write transactions (group commit on SQLite): a stale CAS in the
+    same batch as the write that made it stale must still fail, and no acknowledged write is lost."""
+    import threading
+
+    client = app.test_client()
+    assert client.post(url(dom), json={"name": "ctr", "values": {"n": 0}}, headers=h).status_code == 201
+    conflicts: list[int] = []
+
+    def bump(times: int) -> None:
+        c = app.test_client()
+        done = 0
+        while done < times:
+            cur = c.get(url(dom, "ctr"), headers=h).json
+            r = c.put(url(dom, "ctr"), json={"values": {"n": cur["values"]["n"] + 1}, "cas": cur["version"]},
+                      headers=h)
+            if r.status_code == 409:
+                conflicts.append(1)
+                continue
+            assert r.status_code == 200, r.json
+            done += 1
+
+    threads = [threading.Thread(target=bump, args=(6,)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    final = client.get(url(dom, "ctr"), headers=h).json
+    assert final["values"]["n"] == 36 and final["version"] == 37

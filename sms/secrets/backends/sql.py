@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ...db import transaction
+from ...db import RawTx, raw_transaction, transaction, writer
 from ..errors import (
     CasMismatch,
     DomainExists,
@@ -40,6 +40,24 @@ from ..store import (
 
 T = TypeVar("T")
 _RETRIES = 5
+
+# ---- the hot path: plain SQL on the DBAPI cursor (db.raw_transaction), no ORM ----------------
+_D, _S, _V = DomainRow.__tablename__, SecretRow.__tablename__, VersionRow.__tablename__
+_READ_SQL = (
+    f"SELECT d.id, d.key_version, d.created_at, s.id, s.created_at, s.updated_at, s.current_version, "
+    f"s.max_versions, v.version, v.created_at, v.deleted_at, v.destroyed, v.key_version, v.ciphertext "
+    f"FROM {_D} d LEFT JOIN {_S} s ON s.domain_id = d.id AND s.name = ? "
+    f"LEFT JOIN {_V} v ON v.secret_id = s.id AND v.version = {{wanted}} WHERE d.name = ?")
+_READ_LATEST_SQL = _READ_SQL.format(wanted="s.current_version")
+_READ_VERSION_SQL = _READ_SQL.format(wanted="?")
+_DOMAIN_SQL = f"SELECT id, name, created_at, updated_at, key_version, max_versions FROM {_D} WHERE name = ?"
+_SECRET_SQL = f"SELECT id, created_at, current_version, max_versions FROM {_S} WHERE domain_id = ? AND name = ?"
+_NEW_SECRET_SQL = (f"INSERT INTO {_S} (domain_id, name, created_at, updated_at, current_version, max_versions) "
+                   f"VALUES (?, ?, ?, ?, 0, NULL) RETURNING id")
+_NEW_VERSION_SQL = (f"INSERT INTO {_V} (secret_id, version, created_at, deleted_at, destroyed, key_version, "
+                    f"ciphertext) VALUES (?, ?, ?, NULL, ?, ?, ?)")
+_BUMP_SQL = f"UPDATE {_S} SET current_version = ?, updated_at = ? WHERE id = ?"
+_TRIM_SQL = f"DELETE FROM {_V} WHERE secret_id = ? AND version <= ?"
 
 
 class SqlSecretStore:
@@ -175,65 +193,63 @@ class SqlSecretStore:
 
     def write(self, domain: str, name: str, seal: Sealer, *, mode: WriteMode, cas: int | None,
               default_max_versions: int) -> SecretMeta:
-        def unit() -> SecretMeta:
+        def unit(tx: RawTx) -> SecretMeta:
             now = self._clock()
-            with transaction(self._sessions) as s:
-                d = self._domain_row(s, domain)
-                row = s.scalar(self._lock(select(SecretRow).where(SecretRow.domain_id == d.id,
-                                                                  SecretRow.name == name), s))
-                if row is None:
-                    if mode is WriteMode.UPDATE:
-                        raise SecretNotFound(domain, name)
-                    if cas not in (None, 0):
-                        raise CasMismatch(name, cas, 0)
-                    row = SecretRow(domain_id=d.id, name=name, created_at=now, updated_at=now, current_version=0,
-                                    max_versions=None)
-                    s.add(row)
-                    s.flush()  # unique (domain_id, name): a racing creator fails here and retries
-                elif mode is WriteMode.CREATE:
+            d = tx.one(_DOMAIN_SQL, (domain,))
+            if d is None:
+                raise DomainNotFound(domain)
+            dom_id, dom_name, dom_created, dom_updated, key_version, dom_max = d
+            # PostgreSQL: lock the secret's row; SQLite: the transaction already holds the write lock.
+            row = tx.one(_SECRET_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""), (dom_id, name))
+            if row is None:
+                if mode is WriteMode.UPDATE:
+                    raise SecretNotFound(domain, name)
+                if cas not in (None, 0):
+                    raise CasMismatch(name, cas, 0)
+                # unique (domain_id, name): a racing creator fails here and retries
+                sid = tx.one(_NEW_SECRET_SQL, (dom_id, name, now, now))[0]
+                created, current, sec_max = now, 0, None
+            else:
+                sid, created, current, sec_max = row
+                if mode is WriteMode.CREATE:
                     raise SecretExists(domain, name)
-                elif cas is not None and cas != row.current_version:
-                    raise CasMismatch(name, cas, row.current_version)
-                version = row.current_version + 1
-                key_version, blob = seal(DomainRecord(d.id, d.name, d.created_at, d.updated_at, d.key_version,
-                                                      d.max_versions), version)
-                s.add(VersionRow(secret_id=row.id, version=version, created_at=now, deleted_at=None,
-                                 destroyed=False, key_version=key_version, ciphertext=blob))
-                row.current_version, row.updated_at = version, now
-                keep = row.max_versions or d.max_versions or default_max_versions
-                s.flush()
-                s.execute(delete(VersionRow).where(VersionRow.secret_id == row.id,
-                                                   VersionRow.version <= version - keep))
-                return SecretMeta(domain, name, row.created_at, now, version, row.max_versions,
-                                  (VersionMeta(version, now),))
+                if cas is not None and cas != current:
+                    raise CasMismatch(name, cas, current)
+            version = current + 1
+            kv, blob = seal(DomainRecord(dom_id, dom_name, dom_created, dom_updated, key_version, dom_max),
+                            version)
+            tx.execute(_NEW_VERSION_SQL, (sid, version, now, False, kv, blob))
+            tx.execute(_BUMP_SQL, (version, now, sid))
+            keep = sec_max or dom_max or default_max_versions
+            if version > keep:
+                tx.execute(_TRIM_SQL, (sid, version - keep))
+            return SecretMeta(domain, name, created, now, version, sec_max, (VersionMeta(version, now),))
 
-        return self._retry(unit)
+        # One unit of the process's Writer: on SQLite, concurrent writes share one commit.
+        w = writer(self._sessions)
+        return self._retry(lambda: w.run(unit))
 
     def read(self, domain: str, name: str, version: int | None) -> tuple[DomainRecord, SecretMeta, SealedVersion]:
-        with transaction(self._sessions, write=False) as s:
-            stmt = (
-                select(DomainRow.id, DomainRow.key_version, DomainRow.created_at, SecretRow, VersionRow)
-                .select_from(DomainRow)
-                .outerjoin(SecretRow, (SecretRow.domain_id == DomainRow.id) & (SecretRow.name == name))
-                .outerjoin(VersionRow, (VersionRow.secret_id == SecretRow.id) & (
-                    VersionRow.version == (version if version is not None else SecretRow.current_version)))
-                .where(DomainRow.name == domain)
-            )
-            row = s.execute(stmt).first()
+        with raw_transaction(self._sessions, write=False) as tx:
+            if version is None:
+                row = tx.one(_READ_LATEST_SQL, (name, domain))
+            else:
+                row = tx.one(_READ_VERSION_SQL, (name, version, domain))
         if row is None:
             raise DomainNotFound(domain)
-        dom_id, key_version, dom_created, sec, ver = row
-        if sec is None:
+        (dom_id, key_version, dom_created, sid, sec_created, sec_updated, current, sec_max,
+         ver, ver_created, ver_deleted, ver_destroyed, ver_key_version, ciphertext) = row
+        if sid is None:
             raise SecretNotFound(domain, name)
-        wanted = version if version is not None else sec.current_version
+        wanted = version if version is not None else current
         if ver is None:
-            raise VersionNotFound(name, wanted, "destroyed" if 0 < wanted <= sec.current_version else "absent")
-        vm = VersionMeta(ver.version, ver.created_at, ver.deleted_at, ver.destroyed)
-        if vm.state != "live" or ver.ciphertext is None:
+            raise VersionNotFound(name, wanted, "destroyed" if 0 < wanted <= current else "absent")
+        vm = VersionMeta(ver, ver_created, ver_deleted, bool(ver_destroyed))
+        if vm.state != "live" or ciphertext is None:
             raise VersionNotFound(name, wanted, vm.state if vm.state != "live" else "destroyed")
         d = DomainRecord(dom_id, domain, dom_created, dom_created, key_version)
-        meta = SecretMeta(domain, name, sec.created_at, sec.updated_at, sec.current_version, sec.max_versions, (vm,))
-        return d, meta, SealedVersion(vm, ver.key_version, ver.ciphertext)
+        meta = SecretMeta(domain, name, sec_created, sec_updated, current, sec_max, (vm,))
+        return d, meta, SealedVersion(vm, ver_key_version, bytes(ciphertext))
 
     def metadata(self, domain: str, name: str) -> SecretMeta:
         with transaction(self._sessions, write=False) as s:
