@@ -13,10 +13,10 @@ SQLite embedded, PostgreSQL for several instances sharing one database.
   ``counter_flush_seconds`` (and before every read, and at :meth:`SqlCaStore.close`), so the
   hot signing path does not pay a second write transaction per certificate. A crash loses at
   most that interval's counts of this process.
-* New certificates are inserted by group commit: threads of one process that issue at the
-  same time hand their rows to one leader, which inserts them in one transaction (one fsync);
-  a batch that hits the serial UNIQUE constraint is replayed row by row, so only the row with
-  the taken serial gets DuplicateSerial.
+* New certificates are inserted through the service's shared :class:`sms.db.Writer`: on SQLite
+  the rows of concurrent requests share one transaction — and one fsync — with each other and
+  with the audit entries of the same moment, each row in its own SAVEPOINT, so a taken serial
+  fails only its own insert (DuplicateSerial).
 * CA records and profiles are cached per process for ``cache_seconds`` (default 2 s; writes
   through this store invalidate at once): a profile change made by another process applies
   there within that time.
@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, case, func, insert, select, update
+from sqlalchemy import Select, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,7 +54,7 @@ from ca.types import (
     UsageRecord,
 )
 
-from ..db import transaction
+from ..db import transaction, writer
 from .models import CaRow, CertificateRow, CrlRow, ProfileRow, SignatureCountRow, UsageRow
 
 T = TypeVar("T")
@@ -126,6 +126,13 @@ def _cert_record(row: CertificateRow) -> CertificateRecord:
         server_generated_key=bool(row.server_generated_key), is_ca=bool(row.is_ca), revocation=revocation)
 
 
+_CERT_COLUMNS = ("serial", "ca_name", "profile", "requester", "subject", "sans", "not_before", "not_after",
+                 "issued_at", "key_type", "der", "renewal_of", "server_generated_key", "is_ca", "revoked_reason",
+                 "revoked_at", "revoked_by", "invalidity_date")
+_INSERT_CERT = (f"INSERT INTO ca_certificates ({', '.join(_CERT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_CERT_COLUMNS))})")
+
+
 def _revocation_columns(rev: Revocation | None) -> dict[str, Any]:
     if rev is None:
         return {"revoked_reason": None, "revoked_at": None, "revoked_by": None, "invalidity_date": None}
@@ -142,7 +149,6 @@ class SqlCaStore:
         self._sessions = sessions
         self._cache_seconds = cache_seconds
         self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
-        self._inserts = _InsertBatcher(self._insert_rows)
         self._flush_every = counter_flush_seconds
         self._clock = clock
         self._pending: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -285,36 +291,15 @@ class SqlCaStore:
     # -- CertificateRepository ----------------------------------------------------------------------
     def add(self, record: CertificateRecord) -> None:
         r = record
-        values = dict(
-            serial=serial_key(r.serial), ca_name=r.ca_name, profile=r.profile, requester=r.requester,
-            subject=r.subject, sans="\n".join(r.sans), not_before=_ts(r.not_before),
-            not_after=_ts(r.not_after), issued_at=_ts(r.issued_at), key_type=r.key_type, der=r.der,
-            renewal_of=serial_key(r.renewal_of) if r.renewal_of is not None else None,
-            server_generated_key=r.server_generated_key, is_ca=r.is_ca, **_revocation_columns(r.revocation))
-        if not self._inserts.submit(values):
-            raise DuplicateSerial(r.serial)
-
-    def _insert_rows(self, rows: list[dict[str, Any]]) -> list[bool]:
-        """Insert a batch in one transaction; on a UNIQUE violation replay it row by row.
-        Returns, per row, whether it was inserted (False: serial taken)."""
-        def one_unit(batch: list[dict[str, Any]]) -> None:
-            with transaction(self._sessions) as s:
-                s.execute(insert(CertificateRow), batch)
-
+        row = (serial_key(r.serial), r.ca_name, r.profile, r.requester, r.subject, "\n".join(r.sans),
+               _ts(r.not_before), _ts(r.not_after), _ts(r.issued_at), r.key_type, r.der,
+               serial_key(r.renewal_of) if r.renewal_of is not None else None, r.server_generated_key, r.is_ca,
+               *_revocation_columns(r.revocation).values())
+        w = writer(self._sessions)
         try:
-            self._retry(lambda: one_unit(rows))
-            return [True] * len(rows)
+            self._retry(lambda: w.run(lambda tx: tx.execute(_INSERT_CERT, row)))
         except IntegrityError:
-            if len(rows) == 1:
-                return [False]
-        out = []
-        for row in rows:
-            try:
-                self._retry(lambda: one_unit([row]))  # noqa: B023 - called at once
-                out.append(True)
-            except IntegrityError:
-                out.append(False)
-        return out
+            raise DuplicateSerial(r.serial) from None
 
     def get(self, serial: int) -> CertificateRecord:
         try:
@@ -484,57 +469,6 @@ class SqlCaStore:
     def close(self) -> None:
         """Flush the buffered signature counters."""
         self.flush_counters()
-
-
-class _InsertBatcher:
-    """Leader/follower group commit: the first thread to arrive while no insert runs becomes the
-    leader and inserts everything queued so far (up to ``max_batch`` rows); the others wait for
-    their row's outcome. No background thread (nothing to restart after a fork)."""
-
-    def __init__(self, insert_rows: Callable[[list[dict[str, Any]]], list[bool]], max_batch: int = 64) -> None:
-        self._insert_rows = insert_rows
-        self._max_batch = max_batch
-        self._mutex = threading.Lock()
-        self._queue: list[list[Any]] = []  # [row, done event, outcome | exception | None]
-        self._busy = False
-
-    def submit(self, row: dict[str, Any]) -> bool:
-        slot: list[Any] = [row, threading.Event(), None]
-        with self._mutex:
-            self._queue.append(slot)
-            lead = not self._busy
-            self._busy = True
-        while not lead:
-            slot[1].wait()
-            with self._mutex:
-                if slot[2] is not None:
-                    break
-                # woken as the next leader (our row is still queued)
-                lead = True
-        if lead:
-            self._lead()
-        outcome = slot[2]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return bool(outcome)
-
-    def _lead(self) -> None:
-        """Insert one batch (it holds the leader's own row), then wake the oldest waiter as the
-        next leader, or step down."""
-        with self._mutex:
-            batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
-        try:
-            results: list[Any] = list(self._insert_rows([s[0] for s in batch]))
-        except BaseException as exc:  # noqa: BLE001 - every waiter of the batch gets the failure
-            results = [exc] * len(batch)
-        with self._mutex:
-            for s, res in zip(batch, results, strict=True):
-                s[2] = res
-                s[1].set()
-            if self._queue:
-                self._queue[0][1].set()  # promoted: it finds no outcome and leads
-            else:
-                self._busy = False
 
 
 __all__ = ["SqlCaStore", "serial_key"]
