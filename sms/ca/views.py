@@ -201,10 +201,7 @@ class Cas(MethodView):
 
 
 def _body_name() -> str:
-    doc = request.get_json(silent=True)
-    name = doc.get("name") if isinstance(doc, dict) else None
-    return name if isinstance(name, str) and name.replace("-", "").replace(".", "").replace("_", "").isalnum() \
-        and len(name) <= 63 else "~invalid~"
+    return _json_field("name")
 
 
 @blp.route("/<string:name>")
