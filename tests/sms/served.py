@@ -42,16 +42,22 @@ def cli(args: list[str], env: Mapping[str, str], timeout: float = 60) -> subproc
 
 
 class Served:
-    def __init__(self, data_dir: Path, *args: str, workers: int = 1, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, workers: int = 1, env: Mapping[str, str] | None = None,
+                 tls: bool = False) -> None:
+        """``tls=True`` serves HTTPS as a user gets it by default; requests then trust ``tls/ca.crt``."""
         self.data_dir = data_dir
         self.workers = workers
         self.port = free_port()
-        self.env = user_env(data_dir, {"CSM_PORT": str(self.port), "CSM_PLAIN_HTTP": "1", **(env or {})})
-        self.url = f"http://127.0.0.1:{self.port}"
+        base = {"CSM_PORT": str(self.port)} if tls else {"CSM_PORT": str(self.port), "CSM_PLAIN_HTTP": "1"}
+        self.env = user_env(data_dir, {**base, **(env or {})})
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.args = args
         self._log_path = data_dir.parent / f"serve-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = requests.Session()
+        self.http.trust_env = False
+        if tls:
+            self.http.verify = str(data_dir / "tls" / "ca.crt")
 
     def start(self, ready_timeout: float = 60) -> Served:
         self._log = open(self._log_path, "w+")

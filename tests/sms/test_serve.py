@@ -3,87 +3,25 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import sqlite3
 import stat
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
-CSM = [sys.executable, "-m", "sms.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def user_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CSM_") and k != "SOFTHSM2_CONF"}
-    env["CSM_DATA_DIR"] = str(data_dir)
-    return env
+from .served import Served, cli, free_port, user_env
 
 
 def run(args, env, **kw):
-    return subprocess.run([*CSM, *args], env=env, capture_output=True, text=True, timeout=120, **kw)
-
-
-class Server:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.env = user_env(data_dir)
-        self.env["CSM_PORT"] = str(self.port)
-        self.data_dir = data_dir
-        self.log = open(data_dir.parent / f"serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([*CSM, "serve", "--workers", "2", *extra], env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"https://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"csm serve exited {self.proc.returncode}: {self.output()}")
-            try:
-                r = requests.get(self.url + "/v1/sys/ready", verify=str(self.data_dir / "tls" / "ca.crt"), timeout=5)
-                if r.status_code == 200:
-                    return
-            except (requests.RequestException, OSError):
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"not ready in {timeout}s: {self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
+    return cli(list(args), env, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("e2e") / "csm-data"
-    srv = Server(data)
-    try:
-        srv.wait_ready()
+    with Served(data, workers=2, tls=True) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_first_start_prints_url_and_root_token_location(served):
@@ -161,20 +99,12 @@ def test_status_of_unreachable_service_exits_3(tmp_path):
 
 def test_restart_keeps_state_and_audit_verifies_then_detects_tampering(tmp_path):
     data = tmp_path / "csm-data"
-    srv = Server(data)
-    try:
-        srv.wait_ready()
+    with Served(data, workers=2, tls=True) as srv:
         token = (data / "root-token").read_text()
         assert run(["token", "create", "--json"], srv.env).returncode == 0
-    finally:
-        srv.stop()
-    srv2 = Server(data)  # second start: init is idempotent, the root token is kept
-    try:
-        srv2.wait_ready()
+    with Served(data, workers=2, tls=True) as srv2:  # second start: init is idempotent, the root token is kept
         assert (data / "root-token").read_text() == token
         assert run(["token", "lookup"], srv2.env).returncode == 0
-    finally:
-        srv2.stop()
     ok = run(["audit", "verify"], user_env(data))
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
     con = sqlite3.connect(data / "csm.db")
