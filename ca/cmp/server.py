@@ -13,6 +13,8 @@ import dataclasses
 import datetime as _dt
 import hmac
 import logging
+import os
+import time
 from collections.abc import Callable
 
 from cryptography import x509
@@ -30,6 +32,7 @@ from client_sdk.cmp import (
     InfoType,
     InfoTypeAndValue,
     P10crBody,
+    PBMParameters,
     PKIHeader,
     PKIMessage,
     PKIStatusInfo,
@@ -38,6 +41,7 @@ from client_sdk.cmp import (
     RrBody,
     builders,
     errors,
+    pbm_base_key,
     protect_with_pbm,
     protect_with_signature,
     protection_certificate,
@@ -65,6 +69,9 @@ from .interfaces import (
 log = logging.getLogger(__name__)
 
 MIN_NONCE = 16  # RFC 9483 §3.1: transactionID and senderNonce carry at least 128 bits
+#: A MAC-protected response reuses its random PBM salt (and so its derived BASEKEY) for this long
+#: per shared secret: the iterations are paid once a minute, not per response.
+RESPONSE_SALT_LIFETIME = 60.0
 
 
 @dataclasses.dataclass
@@ -86,6 +93,7 @@ class CmpServer:
         self.transactions = transactions
         self.signer = signer
         self._clock = clock
+        self._pbm_keys: dict[bytes, tuple[float, bytes, bytes]] = {}  # senderKID -> (until, salt, BASEKEY)
         self._dispatch: dict[BodyType, Callable[[PKIMessage, Requester], _Outcome]] = {
             BodyType.IR: self._enroll,
             BodyType.CR: self._enroll,
@@ -179,13 +187,32 @@ class CmpServer:
         if not p.protect_responses:
             return msg
         if requester is not None and requester.auth is AuthKind.MAC:
-            secret = p.shared_secrets[requester.sender_kid or b""]
-            return protect_with_pbm(msg, secret, sender_kid=p.name.encode(), owf=p.response_pbm_owf,
-                                    mac=p.response_pbm_mac, iteration_count=p.response_pbm_iterations)
+            salt, base_key = self._response_pbm_key(requester.sender_kid or b"")
+            return protect_with_pbm(msg, b"", sender_kid=p.name.encode(), owf=p.response_pbm_owf,
+                                    mac=p.response_pbm_mac, iteration_count=p.response_pbm_iterations,
+                                    salt=salt, base_key=base_key)
         if self.signer is not None:
             s = self.signer
             return protect_with_signature(msg, s.key, cert=s.certificate, chain=(*s.chain, *msg.extra_certs))
         return msg
+
+    def _response_pbm_key(self, kid: bytes) -> tuple[bytes, bytes]:
+        """(salt, BASEKEY) for MAC-protecting responses to ``kid``'s secret; a fresh random salt
+        (and one derivation) per secret every RESPONSE_SALT_LIFETIME seconds. The server object
+        is rebuilt when its profile changes, so a changed secret never meets an old key."""
+        now = time.monotonic()
+        hit = self._pbm_keys.get(kid)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
+        p = self.profile
+        salt = os.urandom(16)
+        params = PBMParameters(salt=salt, owf=p.response_pbm_owf, iteration_count=p.response_pbm_iterations,
+                               mac=p.response_pbm_mac)
+        key = pbm_base_key(p.shared_secrets[kid], params)
+        if len(self._pbm_keys) > 256:
+            self._pbm_keys.clear()
+        self._pbm_keys[kid] = (now + RESPONSE_SALT_LIFETIME, salt, key)
+        return salt, key
 
     def _respond(self, request: PKIHeader, out: _Outcome, requester: Requester | None) -> bytes:
         sender: x509.Name | x509.GeneralName = self.profile.ca_name

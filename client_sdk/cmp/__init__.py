@@ -65,6 +65,7 @@ from .messages import (
 from .pop import sign_pop, verify_pop
 from .protection import (
     ProtectionKind,
+    pbm_base_key,
     pbm_mac,
     protect_with_pbm,
     protect_with_signature,
@@ -84,7 +85,7 @@ __all__ = [
     "PBMParameters", "PKIHeader", "PKIMessage", "PKIStatus", "PKIStatusInfo", "PkiConfBody", "PollRepBody",
     "PollRepEntry", "PollReqBody", "PopKind", "ProofOfPossession", "ProtectionKind", "PssParameters", "Pvno",
     "RevDetails", "RevocationReason", "RpBody", "RrBody", "SignatureAlgorithm", "SignatureAlgorithmId",
-    "Transport", "UnknownAlgorithm", "builders", "decode_header_lenient", "errors", "pbm_mac",
+    "Transport", "UnknownAlgorithm", "builders", "decode_header_lenient", "errors", "pbm_base_key", "pbm_mac",
     "protect_with_pbm", "protect_with_signature", "protection_certificate", "protection_kind", "sign_pop",
     "subject_key_id", "verify_chain", "verify_pbm", "verify_pop", "verify_signature",
 ]

@@ -208,6 +208,16 @@ def cert_to_x509(value: Any) -> x509.Certificate:
         raise BadDataFormat(f"malformed certificate: {type(exc).__name__}") from None
 
 
+def cert_from_der(der: bytes) -> x509.Certificate:
+    """A certificate straight from its DER (no pyasn1 pass), parsed as eagerly as :func:`cert_to_x509`."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject, cert.issuer, cert.extensions  # noqa: B018 - parse lazily-decoded parts now
+        return cert
+    except Exception as exc:
+        raise BadDataFormat(f"malformed certificate: {type(exc).__name__}") from None
+
+
 def cert_from_x509(cert: x509.Certificate, spec: Any) -> Any:
     plain = decode(cert.public_bytes(serialization.Encoding.DER), rfc5280.Certificate(), what="certificate")
     return retag(plain, spec)

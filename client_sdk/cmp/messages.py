@@ -929,6 +929,39 @@ class ErrorBody(Body):
 _RAW_SEQUENCE = univ.SequenceOf(componentType=univ.Any())
 
 
+_PROTECTION_SPEC = rfc9480.PKIMessage().componentType["protection"].asn1Object
+_EXTRA_CERTS_SPEC = rfc9480.PKIMessage().componentType["extraCerts"].asn1Object
+# extraCerts with each CMPCertificate left as DER (same tags and SIZE constraint)
+_RAW_EXTRA_CERTS = univ.SequenceOf(componentType=univ.Any(), tagSet=_EXTRA_CERTS_SPEC.tagSet,
+                                   subtypeSpec=_EXTRA_CERTS_SPEC.subtypeSpec)
+
+
+def _decode_tail(rest: list[bytes]) -> tuple[bytes | None, tuple[x509.Certificate, ...]]:
+    """The optional ``[0] protection`` and ``[1] extraCerts`` after header and body."""
+    protection: bytes | None = None
+    extra: tuple[x509.Certificate, ...] = ()
+    if len(rest) == 2:
+        protection = _asn1.octets(_asn1.decode(rest.pop(0), _PROTECTION_SPEC.clone(), what="protection"))
+    elif rest:  # one of the two: the tags tell (a mismatch fails fast on this small spec)
+        try:
+            protection = _asn1.octets(_asn1.decode(rest[0], _PROTECTION_SPEC.clone(), what="protection"))
+            rest.pop(0)
+        except BadDataFormat:
+            pass
+    if rest:
+        certs = _asn1.decode(rest.pop(0), _RAW_EXTRA_CERTS.clone(), what="extraCerts")
+        extra = tuple(_asn1.cert_from_der(bytes(c)) for c in certs)
+    return protection, extra
+
+
+def _raw_sequence(*ders: bytes) -> Any:
+    """SEQUENCE of already DER-encoded components (pyasn1 writes the outer TLV)."""
+    seq = _RAW_SEQUENCE.clone()
+    for d in ders:
+        seq.append(univ.Any(d))
+    return seq
+
+
 @dataclasses.dataclass(frozen=True)
 class PKIMessage:
     """A CMP PKIMessage. ``protection`` is the raw BIT STRING content (MAC or signature)."""
@@ -939,6 +972,8 @@ class PKIMessage:
     extra_certs: tuple[x509.Certificate, ...] = ()
     _der: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _protected_part: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # DER of header and body once encoded for the protection, reused by encode() (built once)
+    _parts: tuple[bytes, bytes] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def body_type(self) -> BodyType:
@@ -968,8 +1003,13 @@ class PKIMessage:
         raw = _asn1.decode(der, _RAW_SEQUENCE, what="PKIMessage")
         if not 2 <= len(raw) <= 4:
             raise BadDataFormat("PKIMessage must have 2 to 4 components")
-        value = _asn1.decode(der, rfc9480.PKIMessage(), what="PKIMessage")
-        body_name = value["body"].getName()
+        # header and body are decoded from their own slices (the protected part is exactly these
+        # bytes); extraCerts go straight from their DER to cryptography, never through pyasn1 types
+        header_der, body_der = bytes(raw[0]), bytes(raw[1])
+        body_value = _asn1.decode(body_der, rfc9480.PKIBody(), what="PKIBody")
+        header_value = _asn1.decode(header_der, rfc9480.PKIHeader(), what="PKIHeader")
+        protection, extra = _decode_tail([bytes(x) for x in list(raw)[2:]])
+        body_name = body_value.getName()
         try:
             btype = BodyType.from_asn1_name(body_name)
         except KeyError:
@@ -977,27 +1017,35 @@ class PKIMessage:
         body_cls = BODY_TYPES.get(btype)
         if body_cls is None:
             raise BadRequest(f"unsupported body type {body_name}")
-        header = PKIHeader.from_asn1(value["header"])
-        body = body_cls.from_asn1(value["body"][body_name])
-        protection = _asn1.octets(value["protection"]) if _asn1.present(value, "protection") else None
-        extra = tuple(_asn1.cert_to_x509(c) for c in value["extraCerts"]) \
-            if _asn1.present(value, "extraCerts") else ()
+        header = PKIHeader.from_asn1(header_value)
+        body = body_cls.from_asn1(body_value[body_name])
         msg = cls(header=header, body=body, protection=protection, extra_certs=extra)
-        pp = univ.SequenceOf(componentType=univ.Any())
-        pp.append(raw[0])
-        pp.append(raw[1])
         object.__setattr__(msg, "_der", der)
-        object.__setattr__(msg, "_protected_part", _asn1.encode(pp))
+        object.__setattr__(msg, "_parts", (header_der, body_der))
+        object.__setattr__(msg, "_protected_part", _asn1.encode(_raw_sequence(header_der, body_der)))
         return msg
 
     def protected_part(self) -> bytes:
         """DER of ProtectedPart ::= SEQUENCE {header, body} - exactly the received bytes if decoded."""
         if self._protected_part is not None:
             return self._protected_part
-        pp = rfc9480.ProtectedPart()
-        pp["header"] = self.header.to_asn1()
-        pp["body"] = self.body.to_asn1()
-        return _asn1.encode(pp)
+        header_der, body_der = self._encoded_parts()
+        out = _asn1.encode(_raw_sequence(header_der, body_der))  # == DER of ProtectedPart{header, body}
+        object.__setattr__(self, "_protected_part", out)
+        return out
+
+    def _encoded_parts(self) -> tuple[bytes, bytes]:
+        if self._parts is None:
+            object.__setattr__(self, "_parts", (_asn1.encode(self.header.to_asn1()), _asn1.encode(self.body.to_asn1())))
+        assert self._parts is not None
+        return self._parts
+
+    def with_protection(self, protection: bytes) -> PKIMessage:
+        """This (unprotected) message with ``protection`` added; header and body are encoded once."""
+        out = PKIMessage(header=self.header, body=self.body, extra_certs=self.extra_certs, protection=protection)
+        object.__setattr__(out, "_parts", self._encoded_parts())
+        object.__setattr__(out, "_protected_part", self.protected_part())
+        return out
 
     def to_asn1(self) -> Any:
         if self._der is not None:
@@ -1018,7 +1066,22 @@ class PKIMessage:
     def encode(self) -> bytes:
         if self._der is not None:
             return self._der
-        return _asn1.encode(self.to_asn1())
+        if self._parts is None:
+            der = _asn1.encode(self.to_asn1())
+        else:  # SEQUENCE {header, body, [0] protection, [1] extraCerts} from the already-encoded parts
+            spec = rfc9480.PKIMessage()
+            parts = list(self._parts)
+            if self.protection is not None:
+                parts.append(_asn1.encode(_asn1.slot(spec, "protection").clone(
+                    univ.BitString.fromOctetString(self.protection))))
+            if self.extra_certs:
+                ec = _asn1.slot(spec, "extraCerts")
+                for c in self.extra_certs:
+                    _asn1.put_cert(ec, None, c)
+                parts.append(_asn1.encode(ec))
+            der = _asn1.encode(_raw_sequence(*parts))
+        object.__setattr__(self, "_der", der)
+        return der
 
     def replace(self, **changes: Any) -> PKIMessage:
         """A copy with changed fields (encoded from the typed fields, not the received bytes)."""

@@ -55,32 +55,52 @@ def protection_kind(msg: PKIMessage) -> ProtectionKind:
     return ProtectionKind.UNSUPPORTED
 
 
-def pbm_mac(secret: bytes, params: PBMParameters, data: bytes) -> bytes:
-    """BASEKEY = OWF^iterationCount(secret || salt); MAC = HMAC-<mac>(BASEKEY, data)."""
-    owf = _HASHLIB[params.owf]
-    key = hashlib.new(owf, secret + params.salt).digest()
+_OWF = {
+    HashAlgorithm.SHA1: hashlib.sha1,
+    HashAlgorithm.SHA224: hashlib.sha224,
+    HashAlgorithm.SHA256: hashlib.sha256,
+    HashAlgorithm.SHA384: hashlib.sha384,
+    HashAlgorithm.SHA512: hashlib.sha512,
+}
+
+
+def pbm_base_key(secret: bytes, params: PBMParameters) -> bytes:
+    """BASEKEY = OWF^iterationCount(secret || salt): the costly, per-(secret, salt) part of PBM."""
+    owf = _OWF[params.owf]
+    key = owf(secret + params.salt).digest()
     for _ in range(params.iteration_count - 1):
-        key = hashlib.new(owf, key).digest()
-    return hmac.new(key, data, _HASHLIB[params.mac.hash_algorithm]).digest()
+        key = owf(key).digest()
+    return key
+
+
+def pbm_mac(secret: bytes, params: PBMParameters, data: bytes, *, base_key: bytes | None = None) -> bytes:
+    """MAC = HMAC-<mac>(BASEKEY, data); ``base_key`` (from :func:`pbm_base_key` for these
+    ``params``) skips the derivation."""
+    key = base_key if base_key is not None else pbm_base_key(secret, params)
+    return hmac.digest(key, data, _HASHLIB[params.mac.hash_algorithm])
 
 
 def protect_with_pbm(msg: PKIMessage, secret: bytes, *, sender_kid: bytes | None = None,
                      owf: HashAlgorithm = HashAlgorithm.SHA256, mac: MacAlgorithm = MacAlgorithm.HMAC_SHA256,
-                     iteration_count: int = DEFAULT_PBM_ITERATIONS, salt: bytes | None = None) -> PKIMessage:
+                     iteration_count: int = DEFAULT_PBM_ITERATIONS, salt: bytes | None = None,
+                     base_key: bytes | None = None) -> PKIMessage:
     """Return ``msg`` MAC-protected with a shared secret; a fresh 16-byte salt unless given.
 
     ``sender_kid`` (the reference value the peer knows the secret by) replaces the header's.
+    ``base_key``: :func:`pbm_base_key` of the secret for exactly these parameters (``salt`` must
+    then be given), so that a caller reusing a salt derives the key once.
     """
     if not isinstance(secret, bytes):
         raise TypeError("secret must be bytes")
+    if base_key is not None and salt is None:
+        raise ValueError("base_key needs the salt it was derived with")
     params = PBMParameters(salt=os.urandom(16) if salt is None else salt, owf=owf,
                            iteration_count=iteration_count, mac=mac)
     header = msg.header
     header = dataclasses.replace(header, protection_alg=params,
                              sender_kid=sender_kid if sender_kid is not None else header.sender_kid)
     unprotected = PKIMessage(header=header, body=msg.body, extra_certs=msg.extra_certs)
-    return PKIMessage(header=header, body=msg.body, extra_certs=msg.extra_certs,
-                      protection=pbm_mac(secret, params, unprotected.protected_part()))
+    return unprotected.with_protection(pbm_mac(secret, params, unprotected.protected_part(), base_key=base_key))
 
 
 def verify_pbm(msg: PKIMessage, secret: bytes, *, max_iterations: int = MAX_PBM_ITERATIONS,
@@ -126,8 +146,7 @@ def protect_with_signature(msg: PKIMessage, key: PrivateKeyTypes, *, cert: x509.
                                  sender=x509.DirectoryName(cert.subject))
     extra = (cert, *[c for c in chain if c != cert])
     unprotected = PKIMessage(header=header, body=msg.body, extra_certs=extra)
-    signature = alg.sign(key, unprotected.protected_part())
-    return PKIMessage(header=header, body=msg.body, extra_certs=extra, protection=signature)
+    return unprotected.with_protection(alg.sign(key, unprotected.protected_part()))
 
 
 def verify_signature(msg: PKIMessage, cert: x509.Certificate) -> None:

@@ -39,7 +39,7 @@ from ca.cmp import AuthKind, IssueRequest, Requester, Transaction, TransactionSt
 from client_sdk.cmp import BodyType, _asn1
 from client_sdk.cmp import errors as cmp_errors
 
-from ..db import transaction
+from ..db import RawTx, raw_transaction, transaction, writer
 from ..errors import Conflict
 from .errors import CmpProfileExists, CmpProfileNotFound, InvalidCmpProfile
 from .models import CmpProfileRow, CmpSecretRow, CmpTransactionRow
@@ -452,7 +452,7 @@ def issue_request_from_json(text: str, requester: Requester) -> IssueRequest:
         csr=None if csr is None else x509.load_der_x509_csr(csr))
 
 
-def _row_to_txn(row: CmpTransactionRow) -> Transaction:
+def _row_to_txn(row: Any) -> Transaction:
     requester = requester_from_json(row.requester)
     created = _dt_of(row.created_at)
     assert created is not None
@@ -461,8 +461,13 @@ def _row_to_txn(row: CmpTransactionRow) -> Transaction:
         requester=requester, request_type=BodyType(int(row.request_type)), server_nonce=bytes(row.server_nonce),
         created=created, cert_req_id=row.cert_req_id,
         issue_request=None if row.issue_request is None else issue_request_from_json(row.issue_request, requester),
-        certificate=_cert(row.certificate), chain=_chain(row.chain), confirm_deadline=_dt_of(row.confirm_deadline),
-        implicit_confirm=bool(row.implicit_confirm), reason=row.reason or "")
+        certificate=_cert(_bytes(row.certificate)), chain=_chain(_bytes(row.chain)),
+        confirm_deadline=_dt_of(row.confirm_deadline), implicit_confirm=bool(row.implicit_confirm),
+        reason=row.reason or "")
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 def _txn_values(t: Transaction, *, with_request: bool = True) -> dict[str, Any]:
@@ -486,6 +491,25 @@ def _tid(transaction_id: bytes) -> str:
     return transaction_id.hex()
 
 
+# The protocol path (begin, lookup, update, nonce) is plain SQL on the DBAPI cursor; writes go
+# through the process's shared sms.db Writer, so on SQLite they share one transaction (one fsync)
+# with the certificate inserts and audit entries of concurrent requests.
+_TXN_COLUMNS = ("profile", "transaction_id", "state", "request_type", "server_nonce", "requester", "created_at",
+                "updated_at", "cert_req_id", "issue_request", "cert_serial", "certificate", "chain",
+                "confirm_deadline", "implicit_confirm", "reason")
+_TxnRow = collections.namedtuple("_TxnRow", _TXN_COLUMNS)  # type: ignore[misc]
+_INSERT_TXN = (f"INSERT INTO {CmpTransactionRow.__tablename__} ({', '.join(_TXN_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_TXN_COLUMNS))})")
+_SELECT_TXN = (f"SELECT {', '.join(_TXN_COLUMNS)} FROM {CmpTransactionRow.__tablename__} "
+               "WHERE profile = ? AND transaction_id = ?")
+_UPDATE_COLUMNS = ("state", "request_type", "server_nonce", "cert_req_id", "cert_serial", "certificate", "chain",
+                   "confirm_deadline", "implicit_confirm", "reason")
+_UPDATE_TXN = (f"UPDATE {CmpTransactionRow.__tablename__} SET {', '.join(c + ' = ?' for c in _UPDATE_COLUMNS)}, "
+               "updated_at = ? WHERE profile = ? AND transaction_id = ?")
+_SET_NONCE = (f"UPDATE {CmpTransactionRow.__tablename__} SET server_nonce = ? "
+              "WHERE profile = ? AND transaction_id = ? AND state <> ?")
+
+
 class SqlTransactionStore:
     """:class:`ca.cmp.TransactionStore` over the service database (SQLite or PostgreSQL)."""
 
@@ -503,31 +527,31 @@ class SqlTransactionStore:
 
     def begin(self, transaction_: Transaction) -> None:
         t = transaction_
-        now = self._clock()
+        values = _txn_values(t)
+        values.update(profile=t.profile, transaction_id=_tid(t.transaction_id), created_at=t.created.timestamp(),
+                      updated_at=self._clock())
+        row = tuple(values[c] for c in _TXN_COLUMNS)
         try:
-            with transaction(self._sessions) as s:
-                s.add(CmpTransactionRow(profile=t.profile, transaction_id=_tid(t.transaction_id),
-                                        created_at=t.created.timestamp(), updated_at=now, **_txn_values(t)))
+            writer(self._sessions).run(lambda tx: tx.execute(_INSERT_TXN, row))
         except IntegrityError:
             raise cmp_errors.TransactionIdInUse("transactionID already in use") from None
+        if t.state is TransactionState.FINISHED:
+            self._note_finished(t)
 
     def lookup(self, profile: str, transaction_id: bytes) -> Transaction | None:
         if len(transaction_id) > MAX_TRANSACTION_ID:
             return None
-        with transaction(self._sessions, write=False) as s:
-            row = s.get(CmpTransactionRow, (profile, transaction_id.hex()))
-            return None if row is None else _row_to_txn(row)
+        with raw_transaction(self._sessions, write=False) as tx:
+            row = tx.one(_SELECT_TXN, (profile, transaction_id.hex()))
+        return None if row is None else _row_to_txn(_TxnRow(*row))
 
     def update(self, transaction_: Transaction) -> None:
         t = transaction_
-        with transaction(self._sessions) as s:
-            values = _txn_values(t, with_request=False)  # requester and request never change
-            if t.state is TransactionState.FINISHED:
-                self._note_finished(t)
-            s.execute(update(CmpTransactionRow)
-                      .where(CmpTransactionRow.profile == t.profile,
-                             CmpTransactionRow.transaction_id == _tid(t.transaction_id))
-                      .values(updated_at=self._clock(), **values))
+        values = _txn_values(t, with_request=False)  # requester and request never change
+        params = (*(values[c] for c in _UPDATE_COLUMNS), self._clock(), t.profile, _tid(t.transaction_id))
+        writer(self._sessions).run(lambda tx: tx.execute(_UPDATE_TXN, params))
+        if t.state is TransactionState.FINISHED:
+            self._note_finished(t)
 
     def finish(self, transaction_: Transaction) -> None:
         self.update(dataclasses.replace(transaction_, state=TransactionState.FINISHED))
@@ -537,12 +561,12 @@ class SqlTransactionStore:
         at all for a transaction this process has just finished)."""
         if len(transaction_id) > MAX_TRANSACTION_ID or (profile, transaction_id) in self._finished:
             return
-        with transaction(self._sessions) as s:
-            s.execute(update(CmpTransactionRow)
-                      .where(CmpTransactionRow.profile == profile,
-                             CmpTransactionRow.transaction_id == transaction_id.hex(),
-                             CmpTransactionRow.state != TransactionState.FINISHED.value)
-                      .values(server_nonce=nonce))
+        params = (nonce, profile, transaction_id.hex(), TransactionState.FINISHED.value)
+
+        def unit(tx: RawTx) -> None:
+            tx.execute(_SET_NONCE, params)
+
+        writer(self._sessions).run(unit)
 
     # ---- service-side operations (approvals, sweeper, inspection) ----------------------------------
 
