@@ -1,6 +1,6 @@
 """CMP IR throughput: csm vs the openssl mock CMP server, same run, same load generator.
 
-    .venv/bin/python bench/cmp.py [--duration 10] [--concurrency 8] [--rounds 2]
+    .venv/bin/python bench/cmp.py [--duration 6] [--concurrency 8] [--rounds 3]
 
 * csm is started the way the README does: ``csm serve`` on a fresh data directory with
   ``--plain-http --host 127.0.0.1`` (2 granian workers x 8 threads); a root CA (EC P-256, key in
@@ -14,16 +14,21 @@
   codec csm uses) with PBM (SHA-256 OWF, HMAC-SHA256, 500 iterations), EC P-256: one
   pre-generated key for all requests (the mock only answers with the certificate of that key).
   Mode ``implicit``: ir with implicitConfirm (1 round trip); mode ``certConf``: ir + certConf
-  (2 round trips). A 2 s warm-up precedes every measured run; runs alternate between the servers.
+  (2 round trips). A 2 s warm-up precedes each mode; then rounds alternate between the servers
+  (who goes first alternates too), each run after waiting (at most 3 s) for the machine to calm.
 
-Prints transactions/s, p50/p99 latency, server CPU per transaction, and the ratios csm / openssl.
+Prints transactions/s (median and every run), p50/p99 latency, server CPU and load-generator CPU
+per transaction, the CPU used by everything else on the machine, and the ratios csm / openssl.
+The client is the same for both servers, so its CPU per transaction is (nearly) the same; with
+2 cores shared by the client and the server, the server's CPU per transaction decides the ratio.
+Note: the openssl mock serves one connection at a time (it is a test server), so at concurrency 8
+its throughput is bounded by one client's round-trip, not by its CPU. Bounded: ~2-3 minutes.
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -38,43 +43,13 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._harness import free_port, machine_busy, stop, tree_cpu, wait_quiet  # noqa: E402
+
 PY = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
 SECRET = "bench-cmp-shared-secret-0123456789"
 REF = "bench-ref"
 ITERATIONS = 500
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-
-
-def tree_cpu(session: int) -> float:
-    """CPU seconds (user + system) of every live process in ``session``."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
 
 
 @dataclass
@@ -195,6 +170,7 @@ def _worker(url: str, ca_pem: bytes, key_pem: bytes, implicit: bool, start: floa
     errors: dict[str, int] = {}
     while time.time() < start:
         time.sleep(0.001)
+    cpu0 = time.process_time()
     while time.time() < end:
         t0 = time.perf_counter()
         try:
@@ -208,7 +184,7 @@ def _worker(url: str, ca_pem: bytes, key_pem: bytes, implicit: bool, start: floa
             continue
         if time.time() <= end:
             lat.append(time.perf_counter() - t0)
-    out.put((lat, errors))
+    out.put((lat, errors, time.process_time() - cpu0))
 
 
 @dataclass
@@ -218,6 +194,8 @@ class Result:
     p99: float
     errors: dict[str, int]
     server_ms: float  # server CPU per transaction
+    client_ms: float = float("nan")  # load generator CPU per transaction
+    other: float = 0.0  # cores used by everything else on the machine during the run
 
 
 def run_load(t: Target, key_pem: bytes, implicit: bool, duration: float, concurrency: int) -> Result:
@@ -233,44 +211,53 @@ def run_load(t: Target, key_pem: bytes, implicit: bool, duration: float, concurr
         p.start()
     while time.time() < start:
         time.sleep(0.01)
-    cpu0 = tree_cpu(t.session)
+    cpu0, busy0 = tree_cpu(t.session), machine_busy()
     lat: list[float] = []
     errors: dict[str, int] = {}
+    client_cpu = 0.0
     for _ in procs:
-        got_lat, got_err = q.get(timeout=duration + 120)
+        got_lat, got_err, got_cpu = q.get(timeout=duration + 120)
         lat += got_lat
+        client_cpu += got_cpu
         for k, v in got_err.items():
             errors[k] = errors.get(k, 0) + v
     cpu = tree_cpu(t.session) - cpu0
+    other = max(0.0, machine_busy() - busy0 - cpu - client_cpu) / duration
     for p in procs:
         p.join(10)
     lat.sort()
     n = len(lat)
-    return Result(n / duration, lat[n // 2] * 1000 if n else float("nan"),
-                  lat[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"), errors,
-                  cpu * 1000 / n if n else float("nan"))
+    nan = float("nan")
+    return Result(n / duration, lat[n // 2] * 1000 if n else nan, lat[min(n - 1, int(n * 0.99))] * 1000 if n else nan,
+                  errors, cpu * 1000 / n if n else nan, client_cpu * 1000 / n if n else nan, other)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds per measured run")
     ap.add_argument("--concurrency", type=int, default=8, help="client processes")
-    ap.add_argument("--rounds", type=int, default=2, help="measured runs per server and mode (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="measured runs per server and mode (median)")
     args = ap.parse_args()
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    started = time.monotonic()
     key_pem = _pem(ec.generate_private_key(ec.SECP256R1()), True)
     with tempfile.TemporaryDirectory(prefix="csm-bench-cmp-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         targets = [start_csm(work, stack), start_mock(work, key_pem, stack)]
-        print(f"CMP IR, PBM ({ITERATIONS} it.), EC P-256, {args.concurrency} client processes, "
-              f"{args.duration:g} s x {args.rounds} runs (median); {os.cpu_count()} cores")
+        sessions = [t.session for t in targets]
+        print(f"CMP IR, PBM ({ITERATIONS} it.), EC P-256, {args.concurrency} client processes (the same Python "
+              f"client for both servers), {args.duration:g} s x {args.rounds} interleaved rounds (median); "
+              f"{os.cpu_count()} cores")
+        print("  csm issues, signs in the token, stores and audits every certificate; the openssl mock returns "
+              "one pre-issued certificate and stores nothing")
         table: dict[tuple[str, str], list[Result]] = {}
         for mode, implicit in (("implicitConfirm", True), ("certConf", False)):
             for t in targets:  # warm-up
                 run_load(t, key_pem, implicit, 2.0, args.concurrency)
-            for _ in range(args.rounds):
-                for t in targets:
+            for rnd in range(args.rounds):
+                for t in (targets if rnd % 2 == 0 else targets[::-1]):  # alternate who goes first
+                    wait_quiet(sessions, limit=3.0)
                     table.setdefault((t.name, mode), []).append(
                         run_load(t, key_pem, implicit, args.duration, args.concurrency))
         summary: dict[tuple[str, str], Result] = {}
@@ -280,15 +267,18 @@ def main() -> None:
             for x in rs:
                 for k, v in x.errors.items():
                     errs[k] = errs.get(k, 0) + v
-            summary[(name, mode)] = Result(statistics.median(x.tps for x in rs), r.p50, r.p99, errs,
-                                           statistics.median(x.server_ms for x in rs))
-            s = summary[(name, mode)]
-            print(f"  {name:13s} {mode:15s} {s.tps:7.1f} tx/s  p50 {s.p50:6.1f} ms  p99 {s.p99:6.1f} ms  "
-                  f"server CPU {s.server_ms:5.1f} ms/tx  errors {errs or 0}")
+            summary[(name, mode)] = s = Result(
+                statistics.median(x.tps for x in rs), r.p50, r.p99, errs, statistics.median(x.server_ms for x in rs),
+                statistics.median(x.client_ms for x in rs), statistics.median(x.other for x in rs))
+            runs = " ".join(f"{x.tps:.0f}" for x in rs)
+            print(f"  {name:13s} {mode:15s} {s.tps:7.1f} tx/s ({runs})  p50 {s.p50:6.1f} ms  p99 {s.p99:6.1f} ms  "
+                  f"CPU/tx server {s.server_ms:5.1f} ms, client {s.client_ms:5.1f} ms  other load {s.other:.2f} "
+                  f"cores  errors {errs or 0}")
         for mode in ("implicitConfirm", "certConf"):
             c, o = summary[("csm serve", mode)], summary[("openssl mock", mode)]
             print(f"  ratio csm / openssl mock, {mode}: {c.tps / o.tps:.2f}x throughput "
                   f"(server CPU per tx {c.server_ms / o.server_ms:.1f}x)")
+        print(f"  ({time.monotonic() - started:.0f} s)")
 
 
 if __name__ == "__main__":
