@@ -369,6 +369,8 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+    # A TERM (timeout, Ctrl-C in a pipeline) still stops the servers this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="csm-bench-secrets-"))
     started = time.monotonic()
     print(f"secrets of 5 pairs, {BODY_BYTES} bytes of JSON; wrk -t1 -c{args.connections}, {args.duration} s per run, "

@@ -53,6 +53,7 @@ class Settings:
     token_ttl: int = _s(3600, "Default TTL of new tokens, in seconds.", kind=int)
     token_max_ttl: int = _s(86400 * 32, "Maximum lifetime of a token including renewals, in seconds.", kind=int)
     auth_cache_ttl: int = _s(1, "Seconds a resolved token stays cached in a worker (0 = off). A revoke on another instance applies within this time.", kind=int)
+    sqlite_synchronous: str = _s("FULL", "SQLite only. FULL: every commit is fsynced (survives power loss). NORMAL: fsync at checkpoints only; crash-safe, but the last commits before a power loss may be lost.", choices=("FULL", "NORMAL"))
     audit_batch_max: int = _s(256, "Most audit entries committed (and MAC'd once) in one transaction; 1 = one transaction per entry.", kind=int)
     log_level: str = _s("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     onap_compat_errors: bool = _s(True, "ONAP SMS routes answer 500 where ONAP's clients expect it (instead of 404/409).", kind=bool)

@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -88,8 +88,18 @@ def write_lock(engine: Engine) -> SqliteWriteLock | None:
     return _WRITE_LOCKS.get(engine)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine with the pragmas/pool settings csm relies on."""
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
+    """Create an engine with the pragmas/pool settings csm relies on.
+
+    ``sqlite_synchronous``: ``FULL`` (default) fsyncs the WAL on every commit, so a commit that
+    returned survives a power loss. ``NORMAL`` fsyncs only at checkpoints: still atomic and
+    crash-consistent (a killed process loses nothing), but the last commits before a power loss
+    or kernel crash may be rolled back."""
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}")
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +112,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
@@ -146,23 +156,6 @@ def transaction(factory: sessionmaker[Session], *, write: bool = True) -> Iterat
         else:
             with lock.hold(), factory() as session, session.begin():
                 yield session
-    finally:
-        _WRITE.reset(token)
-
-
-@contextmanager
-def core_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = True) -> Iterator[Connection]:
-    """Like :func:`transaction`, on a Core connection (no ORM session: for hot paths)."""
-    engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
-    lock = write_lock(engine) if write else None
-    token = _WRITE.set(write)
-    try:
-        if lock is None:
-            with engine.begin() as conn:
-                yield conn
-        else:
-            with lock.hold(), engine.begin() as conn:
-                yield conn
     finally:
         _WRITE.reset(token)
 
@@ -242,6 +235,20 @@ def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = Tr
             raise
         finally:
             conn.close()
+
+
+def read_one(factory: sessionmaker[Session] | Engine, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first row (or None) of one SELECT, without an explicit transaction: a single
+    statement is atomic by itself (SQLite runs it in autocommit; on PostgreSQL the pool's
+    reset-on-return ends the implicit transaction). Saves BEGIN/COMMIT on hot reads."""
+    engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
+    dialect = engine.dialect
+    assert dialect.dbapi is not None
+    conn = engine.raw_connection()
+    try:
+        return RawTx(conn.cursor(), dialect.name, dialect.paramstyle, dialect.dbapi.Error).one(sql, params)
+    finally:
+        conn.close()
 
 
 class _Failed:
@@ -383,5 +390,5 @@ def dispose_after_fork(engine: Engine) -> None:
     engine.dispose(close=False)
 
 
-__all__ = ["Base", "NullPool", "RawTx", "make_engine", "session_factory", "transaction", "core_transaction",
-           "raw_transaction", "migrate", "ping", "write_lock", "Writer", "writer"]
+__all__ = ["Base", "NullPool", "RawTx", "make_engine", "session_factory", "transaction", "raw_transaction", "read_one",
+           "migrate", "ping", "write_lock", "Writer", "writer"]

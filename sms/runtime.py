@@ -127,7 +127,8 @@ class Services:
 def build_services(settings: Settings, *, token_config: TokenConfig | None = None, engine: Engine | None = None,
                    keystore: Any = None) -> Services:
     """Wire the collaborators. ``keystore`` injects an already-open KeyStore (tests, embedding)."""
-    engine = engine or db.make_engine(settings.effective_database_url)
+    engine = engine or db.make_engine(settings.effective_database_url,
+                                      sqlite_synchronous=settings.sqlite_synchronous)
     sessions = db.session_factory(engine)
     ks = LazyKeyStore(settings, token_config=token_config, keystore=keystore)
     return Services(

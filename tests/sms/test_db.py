@@ -84,3 +84,14 @@ def test_a_failing_unit_leaves_no_trace_and_its_batchmates_commit(services, uniq
     assert outcomes["good1"] == "good1" and outcomes["good2"] == "good2" and outcomes["blocker"] == "blocker"
     assert isinstance(outcomes["bad"], ValueError)
     assert _keys(services, f"b-{unique}") == [f"b-{unique}-good1", f"b-{unique}-good2"]
+
+
+@pytest.mark.parametrize("mode, pragma", [("FULL", 2), ("NORMAL", 1)])
+def test_sqlite_synchronous_setting_is_applied_to_every_connection(tmp_path, mode, pragma):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'sync.db'}", sqlite_synchronous=mode)
+    with engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar_one() == pragma
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+    engine.dispose()
+    with pytest.raises(ValueError):
+        db.make_engine(f"sqlite:///{tmp_path / 'x.db'}", sqlite_synchronous="OFF")

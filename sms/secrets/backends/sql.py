@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ...db import RawTx, raw_transaction, transaction, writer
+from ...db import RawTx, read_one, transaction, writer
 from ..errors import (
     CasMismatch,
     DomainExists,
@@ -41,7 +41,7 @@ from ..store import (
 T = TypeVar("T")
 _RETRIES = 5
 
-# ---- the hot path: plain SQL on the DBAPI cursor (db.raw_transaction), no ORM ----------------
+# ---- the hot path: plain SQL on the DBAPI cursor (db.Writer, db.read_one), no ORM --------------
 _D, _S, _V = DomainRow.__tablename__, SecretRow.__tablename__, VersionRow.__tablename__
 _READ_SQL = (
     f"SELECT d.id, d.key_version, d.created_at, s.id, s.created_at, s.updated_at, s.current_version, "
@@ -230,11 +230,10 @@ class SqlSecretStore:
         return self._retry(lambda: w.run(unit))
 
     def read(self, domain: str, name: str, version: int | None) -> tuple[DomainRecord, SecretMeta, SealedVersion]:
-        with raw_transaction(self._sessions, write=False) as tx:
-            if version is None:
-                row = tx.one(_READ_LATEST_SQL, (name, domain))
-            else:
-                row = tx.one(_READ_VERSION_SQL, (name, version, domain))
+        if version is None:
+            row = read_one(self._sessions, _READ_LATEST_SQL, (name, domain))
+        else:
+            row = read_one(self._sessions, _READ_VERSION_SQL, (name, version, domain))
         if row is None:
             raise DomainNotFound(domain)
         (dom_id, key_version, dom_created, sid, sec_created, sec_updated, current, sec_max,
