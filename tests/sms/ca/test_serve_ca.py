@@ -14,25 +14,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.ca.conftest import make_csr, name, openssl, pkilint_findings
-from tests.sms.test_serve import Server, run
+from tests.sms.served import Served, cli
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: Any) -> Any:
     data = tmp_path_factory.mktemp("ca-e2e") / "csm-data"
     data.mkdir(parents=True)
-    srv = Server(data, "--plain-http")
-    srv.url = f"http://127.0.0.1:{srv.port}"
-    srv.env["CSM_PLAIN_HTTP"] = "1"
-    try:
-        srv.wait_ready()
+    with Served(data, workers=2) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def csm(srv: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return run(["ca", *args], srv.env)
+    return cli(["ca", *args], srv.env, timeout=120)
 
 
 def test_cli_and_openssl_against_the_running_service(served: Any, tmp_path: Path) -> None:
@@ -120,23 +114,16 @@ def test_service_tls_certificate_comes_from_a_ca_once_configured(tmp_path: Path)
 
     data = tmp_path / "csm-data"
     data.mkdir()
-    srv = Server(data)
-    try:
-        srv.wait_ready()
+    with Served(data, workers=2, tls=True) as srv:
         token = (data / "root-token").read_text().strip()
         r = requests.post(srv.url + "/v1/ca", json={"name": "svc-tls", "subject": "CN=Service TLS Root"},
                           headers={"X-CSM-Token": token}, verify=str(data / "tls" / "ca.crt"), timeout=30)
         assert r.status_code == 201, r.text
         bootstrap_issuer = x509.load_pem_x509_certificate((data / "tls" / "server.crt").read_bytes()).issuer
-    finally:
-        srv.stop()
-    srv = Server(data, "--tls-ca", "svc-tls")  # default profile tls-server
-    try:
-        srv.wait_ready()  # verifies with tls/ca.crt, which now also holds the CA's root
+    with Served(data, "--tls-ca", "svc-tls", workers=2, tls=True) as srv:  # default profile tls-server
+        # ready means verified with tls/ca.crt, which now also holds the CA's root
         served = x509.load_pem_x509_certificate(ssl.get_server_certificate(("127.0.0.1", srv.port)).encode())
         assert served.issuer.rfc4514_string() == "CN=Service TLS Root" != bootstrap_issuer.rfc4514_string()
         found = requests.get(srv.url + "/v1/ca/svc-tls/certs?requester=csm:server-tls",
                              headers={"X-CSM-Token": token}, verify=str(data / "tls" / "ca.crt"), timeout=30).json()
         assert [c["serial"] for c in found["certificates"]] == [f"{served.serial_number:x}"]
-    finally:
-        srv.stop()
