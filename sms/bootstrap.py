@@ -23,7 +23,7 @@ from . import db
 from .config import Settings
 from .errors import ConfigError
 from .runtime import AUDIT_MAC_KEY, Services, build_services, prepare_module_env
-from .tls import ensure_server_cert
+from .tls import ensure_service_cert
 
 Progress = Callable[[str], None]
 
@@ -101,7 +101,8 @@ def run_init(settings: Settings, progress: Progress = lambda _m: None) -> tuple[
         root_file = settings.root_token_path
         progress(f"root token written to {root_file} (mode 0600)")
     if not settings.plain_http:
-        files = ensure_server_cert(settings, ks)
+        files = ensure_service_cert(settings, svc)
         if files.reissued:
-            progress(f"TLS server certificate issued, valid until {files.not_after:%Y-%m-%d %H:%M} UTC")
+            by = f"CA {settings.tls_ca} ({settings.tls_profile})" if settings.tls_ca else "the bootstrap CA"
+            progress(f"TLS server certificate issued by {by}, valid until {files.not_after:%Y-%m-%d %H:%M} UTC")
     return InitResult(data, root_file, protection, created), svc

@@ -120,12 +120,6 @@ def _init_effective() -> None:
     settings = Settings.from_json(os.environ["CSM_EFFECTIVE_SETTINGS"])
     configure_logging("WARNING")
     result, svc = _guarded(lambda: run_init(settings, progress=lambda m: click.echo(f"  {m}")))
-    if settings.tls_ca:
-        from .ca.tls import ensure_server_cert_from_ca
-
-        files = _guarded(lambda: ensure_server_cert_from_ca(settings, svc))
-        if files is not None and files.reissued:
-            click.echo(f"  TLS server certificate issued by CA {settings.tls_ca} ({settings.tls_profile})")
     svc.keystore.close()
     if "file" in result.pin_protection and result.created_token:
         click.echo("  WARNING: no TPM found; the token PIN is kept in a 0600 file "
@@ -324,11 +318,11 @@ def tls() -> None:
 @tls.command("reissue")
 @settings_options
 def tls_reissue(**kwargs: Any) -> None:
-    """Issue a new server key and certificate now (restart `csm serve` to use them)."""
-    from .tls import ensure_server_cert
+    """Issue a new server key and certificate now, from CA tls_ca when set (restart `csm serve` to use them)."""
+    from .tls import ensure_service_cert
 
     svc = _local_services(kwargs)
-    files = _guarded(lambda: ensure_server_cert(svc.settings, svc.keystore.get(), force=True))
+    files = _guarded(lambda: ensure_service_cert(svc.settings, svc, force=True))
     svc.keystore.close()
     click.echo(f"issued {files.cert} (key {files.key}, mode 0600), valid until {files.not_after:%Y-%m-%d %H:%M} UTC")
 

@@ -1,10 +1,14 @@
 """The TLS server certificate: the one private key the TLS stack needs as a file.
 
-Until a CA exists, the server certificate is signed by the *bootstrap CA* whose key lives in
-the token (``csm-bootstrap-ca``); its certificate is ``<data_dir>/tls/ca.crt`` (clients trust
-it). The server key is generated per issuance, written mode 0600, and short-lived
-(``tls_cert_days``, default 7); ``csm tls reissue`` replaces both files, and ``csm serve``
-re-issues automatically when less than a third of the lifetime is left.
+Who issues it is decided in one place, :func:`ensure_service_cert` (used by `csm init`,
+`csm serve`'s init step and `csm tls reissue`): operator-provided files are used as they are;
+with ``tls_ca`` set, that CA issues it under ``tls_profile`` (:mod:`sms.ca.tls`); otherwise
+the *bootstrap CA* whose key lives in the token (``csm-bootstrap-ca``) signs it. The
+bootstrap CA's certificate is ``<data_dir>/tls/ca.crt`` (clients trust it; a configured CA's
+root is appended to it). The server key is generated per issuance, written mode 0600, and
+short-lived (``tls_cert_days``, default 7); ``csm tls reissue`` replaces both files, and
+``csm serve`` re-issues automatically when less than a third of the lifetime is left or when
+the current certificate comes from another issuer.
 """
 from __future__ import annotations
 
@@ -97,14 +101,26 @@ def _needs_reissue(settings: Settings, ca: x509.Certificate) -> bool:
     return cert.not_valid_after_utc - now < life / 3
 
 
-def ensure_server_cert(settings: Settings, ks: Any, *, force: bool = False) -> TlsFiles:
-    """Issue (or keep) the server certificate for ``settings.host``; key file mode 0600."""
-    ca = ensure_bootstrap_ca(settings, ks)
-    ca_path = settings.tls_dir / "ca.crt"
+def ensure_service_cert(settings: Settings, svc: Any, *, force: bool = False) -> TlsFiles:
+    """The service's TLS server certificate, issued (or kept) by whoever should issue it:
+    operator-provided files as they are (unless ``force``), else CA ``tls_ca`` when set, else
+    the bootstrap CA. Raises :class:`~sms.errors.ConfigError` for an unusable ``tls_ca``."""
+    ks = svc.keystore.get()
+    ca = ensure_bootstrap_ca(settings, ks)  # tls/ca.crt, the file clients trust, in every case
     if settings.tls_cert and settings.tls_key and not force:
-        # Operator-provided files: used as they are.
         cert = x509.load_pem_x509_certificate(Path(settings.tls_cert).read_bytes())
-        return TlsFiles(ca_path, Path(settings.tls_cert), Path(settings.tls_key), cert.not_valid_after_utc, False)
+        return TlsFiles(settings.tls_dir / "ca.crt", Path(settings.tls_cert), Path(settings.tls_key),
+                        cert.not_valid_after_utc, False)
+    if settings.tls_ca:
+        from .ca.tls import ensure_server_cert_from_ca  # the CA feature builds on this module
+
+        return ensure_server_cert_from_ca(settings, svc, force=force)
+    return _from_bootstrap_ca(settings, ks, ca, force=force)
+
+
+def _from_bootstrap_ca(settings: Settings, ks: Any, ca: x509.Certificate, *, force: bool) -> TlsFiles:
+    """Issue (or keep) the server certificate for ``settings.host`` from the bootstrap CA."""
+    ca_path = settings.tls_dir / "ca.crt"
     if not force and not _needs_reissue(settings, ca):
         cert = x509.load_pem_x509_certificate(settings.tls_cert_path.read_bytes())
         return TlsFiles(ca_path, settings.tls_cert_path, settings.tls_key_path, cert.not_valid_after_utc, False)

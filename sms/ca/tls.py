@@ -1,7 +1,8 @@
 """The service's own TLS certificate from one of its CAs (settings ``tls_ca`` + ``tls_profile``).
 
-`csm serve` first runs the bootstrap (:mod:`sms.tls`), then — when ``tls_ca`` names a CA —
-:func:`ensure_server_cert_from_ca` issues the server certificate under that CA's profile
+:func:`sms.tls.ensure_service_cert` decides who issues the service certificate; when
+``tls_ca`` names a CA it calls :func:`ensure_server_cert_from_ca`, which issues the server
+certificate under that CA's profile
 (software key written mode 0600, as the TLS stack needs a file; certificate + chain next to
 it) and appends the CA's root to ``<data_dir>/tls/ca.crt`` so clients that trust that file
 keep working. Re-issued when a third of the lifetime is left, or when another issuer signed
@@ -55,12 +56,10 @@ def _current_is_good(settings: Settings, issuer: x509.Certificate) -> bool:
     return cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) >= life / 3
 
 
-def ensure_server_cert_from_ca(settings: Settings, svc: Any, *, force: bool = False) -> TlsFiles | None:
-    """Issue (or keep) the server certificate from CA ``settings.tls_ca``; None when no CA is
-    configured or the service runs plain HTTP. Raises the CA errors (unknown CA or profile,
-    profile violations) for the caller to report."""
-    if not settings.tls_ca or settings.plain_http:
-        return None
+def ensure_server_cert_from_ca(settings: Settings, svc: Any, *, force: bool = False) -> TlsFiles:
+    """Issue (or keep) the server certificate from CA ``settings.tls_ca`` (which must be set);
+    the CA errors (unknown CA or profile, profile violations) become one
+    :class:`~sms.errors.ConfigError` for the caller to report."""
     try:
         return _ensure(settings, svc, force)
     except CaError as exc:

@@ -110,6 +110,9 @@ def test_every_ca_verb_has_help() -> None:
 
 
 def test_service_tls_certificate_comes_from_a_ca_once_configured(tmp_path: Path) -> None:
+    """One issuer decides: with tls_ca set, an init pass (what every `csm serve` start runs)
+    keeps a good CA certificate instead of re-issuing from the bootstrap CA, and `csm tls
+    reissue` issues from the CA too."""
     import ssl
 
     data = tmp_path / "csm-data"
@@ -120,10 +123,28 @@ def test_service_tls_certificate_comes_from_a_ca_once_configured(tmp_path: Path)
                           headers={"X-CSM-Token": token}, verify=str(data / "tls" / "ca.crt"), timeout=30)
         assert r.status_code == 201, r.text
         bootstrap_issuer = x509.load_pem_x509_certificate((data / "tls" / "server.crt").read_bytes()).issuer
+        env = {**srv.env, "CSM_TLS_CA": "svc-tls"}
+
+    def server_cert() -> x509.Certificate:
+        return x509.load_pem_x509_certificate((data / "tls" / "server.crt").read_bytes())
+
+    serials = []
+    for _start in range(2):  # the init step of two `csm serve` starts
+        r = cli(["init"], env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert server_cert().issuer.rfc4514_string() == "CN=Service TLS Root"
+        serials.append(server_cert().serial_number)
+    assert serials[0] == serials[1] and r.stdout.count("TLS server certificate issued") == 0
+    r = cli(["tls", "reissue"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    reissued = server_cert()
+    assert reissued.issuer.rfc4514_string() == "CN=Service TLS Root" and reissued.serial_number != serials[0]
     with Served(data, "--tls-ca", "svc-tls", workers=2, tls=True) as srv:  # default profile tls-server
         # ready means verified with tls/ca.crt, which now also holds the CA's root
         served = x509.load_pem_x509_certificate(ssl.get_server_certificate(("127.0.0.1", srv.port)).encode())
         assert served.issuer.rfc4514_string() == "CN=Service TLS Root" != bootstrap_issuer.rfc4514_string()
+        assert served.serial_number == reissued.serial_number  # this start issued nothing
         found = requests.get(srv.url + "/v1/ca/svc-tls/certs?requester=csm:server-tls",
                              headers={"X-CSM-Token": token}, verify=str(data / "tls" / "ca.crt"), timeout=30).json()
-        assert [c["serial"] for c in found["certificates"]] == [f"{served.serial_number:x}"]
+        assert sorted(c["serial"] for c in found["certificates"]) == sorted(f"{n:x}" for n in (serials[0],
+                                                                                                reissued.serial_number))
