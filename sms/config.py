@@ -67,6 +67,8 @@ class Settings:
     vault_ca_cert: str = _s("", "CA bundle to verify OpenBao/Vault's TLS certificate; empty = system trust.")
     onap_anonymous_policies: str = _s("", "Comma-separated policies granted to callers of the ONAP /v1/sms routes that present no token or client certificate; empty = refuse them (401).")
     cmp_max_body_bytes: int = _s(65536, "Largest accepted CMP message (POST /.well-known/cmp), in bytes.", kind=int)
+    cmp_http_port: int = _s(0, "Port of an extra plain-HTTP listener that serves only /.well-known/cmp (RFC 6712, for CMP clients without TLS; CMP protects its messages itself); 0 = off.", kind=int)
+    cmp_http_host: str = _s("", "Address of the plain-HTTP CMP listener; empty = host (which must then be a loopback address). Set it explicitly to expose CMP over plain HTTP on the network.")
     client_cert_rules: str = _s("", "JSON file mapping client-certificate subjects/SANs to policies (needs --server gunicorn and --tls-client-ca).")
     # ---- certificate authority ----
     ca_public_url: str = _s("", "Base URL written into issued certificates for the CRL distribution point, OCSP and CA issuers (built-in profiles); empty = the service URL.")
@@ -110,6 +112,15 @@ class Settings:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def cmp_http_url(self) -> str:
+        """Base URL of the plain-HTTP CMP listener ('' when it is off)."""
+        if not self.cmp_http_port:
+            return ""
+        host = self.cmp_http_host or self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.cmp_http_port}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -205,6 +216,14 @@ def validate(s: Settings) -> None:
         raise ConfigError("plain HTTP is allowed only on a loopback address (use --host 127.0.0.1)")
     if not (0 < s.port < 65536):
         raise ConfigError("port must be between 1 and 65535")
+    if not (0 <= s.cmp_http_port < 65536):
+        raise ConfigError("cmp_http_port must be between 0 (off) and 65535")
+    if s.cmp_http_port:
+        if not s.cmp_http_host and not (s.host in _LOOPBACK or s.host.startswith("127.")):
+            raise ConfigError("the plain-HTTP CMP listener takes host only if it is a loopback address; "
+                              "set cmp_http_host to serve CMP over plain HTTP on another address")
+        if s.cmp_http_port == s.port and (s.cmp_http_host or s.host) == s.host:
+            raise ConfigError("cmp_http_port must differ from port")
     if s.workers < 1 or s.threads < 1:
         raise ConfigError("workers and threads must be at least 1")
     if s.max_body_bytes < 1024:

@@ -1,6 +1,7 @@
-"""End to end as a user runs it: `csm serve` (granian, 2 workers, plain HTTP on 127.0.0.1), a CA
-created over REST, a CMP profile created with `csm cmp profile create`, and the real
-`openssl cmp` enrolling, updating and revoking through it; the CLI's exit codes and help."""
+"""End to end as a user runs it: `csm serve` (granian, 2 workers, plain HTTP on 127.0.0.1, plus the
+plain-HTTP CMP-only listener), a CA created over REST, a CMP profile created with
+`csm cmp profile create`, and the real `openssl cmp` enrolling (over the CMP-only listener),
+updating and revoking (over the main listener); the CLI's exit codes and help."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.client_sdk.cmptools import ec_key, openssl_cmp
-from tests.sms.served import Served, cli
+from tests.sms.served import Served, cli, free_port
 
 SECRET = "e2e-Shared-Secret-0815"
 
@@ -18,10 +19,29 @@ SECRET = "e2e-Shared-Secret-0815"
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("cmp-e2e") / "csm-data"
-    with Served(data, "--workers", "2", env={"CMP_SECRET": SECRET}) as s:
+    cmp_port = free_port()
+    with Served(data, "--workers", "2", env={"CMP_SECRET": SECRET, "CSM_CMP_HTTP_PORT": str(cmp_port)}) as s:
+        s.cmp_http = f"127.0.0.1:{cmp_port}"  # type: ignore[attr-defined]
+        _wait_listening(s.cmp_http)
         r = s.post("/v1/ca", json={"name": "issuing", "type": "root", "subject": "CN=csm E2E CMP CA,O=csm"})
         assert r.status_code == 201, r.text
         yield s
+
+
+def _wait_listening(hostport: str, timeout: float = 30) -> None:
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(f"http://{hostport}/", timeout=5)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _key(d: Path, fname: str) -> None:
@@ -41,7 +61,7 @@ def test_profile_via_cli_then_openssl_cmp_enrols_updates_and_revokes(srv: Served
     for n in ("k1", "k2"):
         _key(tmp_path, n + ".key")
     server = srv.url.removeprefix("http://")
-    r = _openssl(tmp_path, server, ".well-known/cmp", "-ref", "nf-ref", "-secret", "env:CMP_SECRET",
+    r = _openssl(tmp_path, srv.cmp_http, ".well-known/cmp", "-ref", "nf-ref", "-secret", "env:CMP_SECRET",
                  "-recipient", recipient, "-cmd", "ir", "-newkey", "k1.key", "-subject", "/CN=nf1.example.com",
                  "-certout", "nf1.pem", env={"CMP_SECRET": SECRET})
     assert r.returncode == 0, r.stdout
@@ -71,6 +91,21 @@ def _openssl(cwd: Path, server: str, path: str, *args: str, env: dict[str, str] 
 
         os.environ.update(env)  # openssl_cmp passes the test process's environment on
     return openssl_cmp("-server", server, "-path", path, *args, cwd=cwd)
+
+
+def test_cmp_http_listener_serves_only_cmp(srv: Served) -> None:
+    import requests
+
+    base = "http://" + srv.cmp_http
+    for method, path in (("GET", "/v1/sys/ready"), ("GET", "/v1/ca"), ("POST", "/v1/cmp/profiles"),
+                         ("GET", "/"), ("POST", "/.well-known/cmpx")):
+        r = requests.request(method, base + path, timeout=10, headers=dict(srv.http.headers))
+        assert r.status_code == 404, (path, r.status_code)
+        assert r.headers["Content-Type"] == "application/problem+json" and r.json()["status"] == 404
+    r = requests.post(base + "/.well-known/cmp", data=b"\x30\x03\x02\x01", timeout=10,
+                      headers={"Content-Type": "application/pkixcmp"})
+    assert r.status_code in (200, 400) and r.status_code != 404  # reaches the CMP view
+    assert f"CMP over plain HTTP: http://{srv.cmp_http}/.well-known/cmp" in srv.output()
 
 
 def test_cli_exit_codes_and_help(srv: Served) -> None:
