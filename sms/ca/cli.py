@@ -175,6 +175,21 @@ def build_group(base: Any) -> click.Group:
         else:
             click.echo(f"revoked {doc['serial']} ({doc['revocation']['reason']})")
 
+    @ca_group.command("release-hold")
+    @_client_options
+    @click.argument("serial")
+    @click.option("--ca", "ca_name", required=True, help="The CA that issued it.")
+    @click.option("--json", "as_json", is_flag=True)
+    def release_hold_cmd(serial: str, ca_name: str, as_json: bool, **kw: Any) -> None:
+        """Release certificate SERIAL (hex) from a certificateHold: valid again, off the next
+        CRL (re-signed at once), OCSP good."""
+        c = _client(**kw)
+        doc = _guarded(lambda: c.post(f"/v1/ca/{ca_name}/certs/{serial}/release-hold", {}))
+        if as_json:
+            _out(doc, True)
+        else:
+            click.echo(f"released {doc['serial']} (status {doc['status']})")
+
     @ca_group.command("crl")
     @_client_options
     @click.argument("ca_name", metavar="CA")

@@ -6,7 +6,8 @@ Policy paths (capabilities of :mod:`sms.auth.policy`):
 * ``ca/<name>/profiles`` — ``list``; ``ca/<name>/profiles/<profile>`` — ``read``, ``update``
   (create or replace), ``delete``;
 * ``ca/<name>/sign/<profile>`` — ``sign`` (CSR signing and server-side key generation);
-* ``ca/<name>/certs`` — ``list``/``read`` the inventory, ``revoke``; ``sudo`` lets a caller post
+* ``ca/<name>/certs`` — ``list``/``read`` the inventory, ``revoke`` (also
+  releasing a certificateHold); ``sudo`` lets a caller post
   usage statements for certificates it did not request; ``ca/certificates`` — ``list`` across CAs;
 * ``ca/report`` — ``read`` the usage report.
 
@@ -426,6 +427,22 @@ def revoke(body: dict[str, Any], name: str, serial: str) -> Any:
         crl_publisher(services()).refresh(name)
     except HsmError as exc:  # served lazily once the token is back
         log.warning("CRL of %s not re-signed after a revocation: %s", name, type(exc).__name__)
+    return cert_json(record, now=e.now())
+
+
+@blp.route("/<string:name>/certs/<string:serial>/release-hold", methods=["POST"])
+@body_limit(MAX_JSON_BYTES)
+@guard(Capability.REVOKE, "ca/{name}/certs", action="ca.cert.release_hold")
+def release_hold(name: str, serial: str) -> Any:
+    """Release a certificate revoked with ``certificateHold`` (no body): it leaves the next
+    CRL and OCSP answers ``good`` again. 404 for an unknown serial, 409 if it is not on hold.
+    The CRL is re-signed at once."""
+    e = engine()
+    record = e.release_hold(parse_serial(serial), requester=requester(), ca=name)
+    try:
+        crl_publisher(services()).refresh(name)
+    except HsmError as exc:  # served lazily once the token is back
+        log.warning("CRL of %s not re-signed after a hold release: %s", name, type(exc).__name__)
     return cert_json(record, now=e.now())
 
 

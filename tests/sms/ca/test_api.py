@@ -209,6 +209,30 @@ def test_server_keygen_returns_pkcs12_under_callers_password(client: Any, root_h
     assert rec["server_generated_key"] is True
 
 
+def test_released_hold_leaves_the_next_crl(client: Any, root_headers: dict[str, str], cas: tuple[str, str]) -> None:
+    _root, sub = cas
+    cert = load_chain(sign(client, root_headers, sub, make_csr(name("held.example.com"))).data)[0]
+    serial = f"{cert.serial_number:x}"
+    base = f"/v1/ca/{sub}/certs/{serial}"
+    assert client.post(f"{base}/release-hold", headers=root_headers).status_code == 409  # not revoked at all
+    held = client.post(f"{base}/revoke", json={"reason": "certificateHold"}, headers=root_headers)
+    assert held.status_code == 200 and held.get_json()["status"] == "revoked"
+    crl = x509.load_der_x509_crl(client.get(f"/v1/ca/{sub}/crl.der").data)
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    r = client.post(f"{base}/release-hold", headers=root_headers)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json()["status"] == "active" and r.get_json()["revocation"] is None
+    crl = x509.load_der_x509_crl(client.get(f"/v1/ca/{sub}/crl.der").data)
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is None
+    again = client.post(f"{base}/release-hold", headers=root_headers)
+    assert again.status_code == 409 and again.get_json()["serial"] == serial
+    assert client.post(f"/v1/ca/{sub}/certs/abcdef/release-hold", headers=root_headers).status_code == 404
+    assert client.post(f"{base}/release-hold").status_code in (401, 403)
+    final = client.post(f"{base}/revoke", json={"reason": "keyCompromise"}, headers=root_headers)
+    assert final.status_code == 200
+    assert client.post(f"{base}/release-hold", headers=root_headers).status_code == 409
+
+
 def test_search_revoke_crl_and_ocsp(client: Any, root_headers: dict[str, str], cas: tuple[str, str],
                                     tmp_path: Path) -> None:
     _root, sub = cas

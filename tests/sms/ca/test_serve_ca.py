@@ -56,6 +56,10 @@ def test_cli_and_openssl_against_the_running_service(served: Any, tmp_path: Path
         cert = x509.load_pem_x509_certificate((tmp_path / f"{host}.pem").read_bytes())
         assert pkilint_findings("cert", cert.public_bytes(Encoding.DER)) == []
 
+    r = csm(srv, "revoke", serials["bad.example.com"], "--ca", "e2e-sub", "--reason", "certificateHold")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = csm(srv, "release-hold", serials["bad.example.com"], "--ca", "e2e-sub")
+    assert r.returncode == 0 and "status active" in r.stdout, r.stdout + r.stderr
     r = csm(srv, "revoke", serials["bad.example.com"], "--ca", "e2e-sub", "--reason", "keyCompromise")
     assert r.returncode == 0, r.stdout + r.stderr
     again = csm(srv, "revoke", serials["bad.example.com"], "--ca", "e2e-sub")
@@ -103,7 +107,7 @@ def test_every_ca_verb_has_help() -> None:
 
     from sms.cli import main
 
-    for verb in ("init", "intermediate", "import", "list", "sign", "revoke", "crl", "report", "profile",
+    for verb in ("init", "intermediate", "import", "list", "sign", "revoke", "release-hold", "crl", "report", "profile",
                  "profile list", "profile show", "profile put", "profile delete"):
         h = CliRunner().invoke(main, ["ca", *verb.split(), "--help"])
         assert h.exit_code == 0 and "Usage:" in h.output, verb
