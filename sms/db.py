@@ -30,6 +30,47 @@ T = TypeVar("T")
 
 _WRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("csm_db_write", default=False)
 
+
+class Attached:
+    """Work that must commit in the same transaction as the next write of this context (the
+    request's audit entry with the write it records): see :func:`attach`.
+
+    ``prepare`` runs on the writing thread when the write is handed in (so it may read that
+    thread's context) and returns the function that adds the work to the transaction, given
+    the write's result (None after a :func:`transaction`); it may run more than once when a
+    write is retried. ``finish`` runs once per transaction just before its COMMIT (after every
+    unit of a :class:`Writer` batch), e.g. to seal what the units added. ``committed`` is set
+    once a transaction carrying the work has committed; the work is then never added again.
+    ``record`` is free for the work to say what it added."""
+
+    __slots__ = ("prepare", "finish", "committed", "record")
+
+    def __init__(self, prepare: Callable[[], Callable[[RawTx, Any], None]], finish: Callable[[RawTx], None]) -> None:
+        self.prepare = prepare
+        self.finish = finish
+        self.committed = False
+        self.record: Any = None
+
+
+_ATTACHED: contextvars.ContextVar[Attached | None] = contextvars.ContextVar("csm_db_attached", default=None)
+
+
+@contextmanager
+def attach(work: Attached) -> Iterator[Attached]:
+    """Within this block, the first writing unit of work that commits — a :class:`Writer` unit or
+    a :func:`transaction` with ``write=True`` — carries ``work`` in its transaction: both commit
+    or neither does. Reads and :func:`raw_transaction` used directly do not take it."""
+    token = _ATTACHED.set(work)
+    try:
+        yield work
+    finally:
+        _ATTACHED.reset(token)
+
+
+def _pending() -> Attached | None:
+    work = _ATTACHED.get()
+    return work if work is not None and not work.committed else None
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -148,16 +189,29 @@ def transaction(factory: sessionmaker[Session], *, write: bool = True) -> Iterat
     """
     bind = factory.kw.get("bind")
     lock = write_lock(bind) if write and isinstance(bind, Engine) else None
+    work = _pending() if write else None
     token = _WRITE.set(write)
     try:
-        if lock is None:
-            with factory() as session, session.begin():
-                yield session
-        else:
-            with lock.hold(), factory() as session, session.begin():
-                yield session
+        with lock.hold() if lock is not None else nullcontext(), factory() as session, session.begin():
+            yield session
+            if work is not None:
+                _add_to_session(session, work)
+        if work is not None:
+            work.committed = True
     finally:
         _WRITE.reset(token)
+
+
+def _add_to_session(session: Session, work: Attached) -> None:
+    """Run attached work on the session's own DBAPI connection, inside its transaction."""
+    session.flush()
+    conn = session.connection()
+    dialect = conn.dialect
+    assert dialect.dbapi is not None
+    tx = RawTx(conn.connection.dbapi_connection.cursor(), dialect.name, dialect.paramstyle,  # type: ignore[union-attr]
+               dialect.dbapi.Error)
+    work.prepare()(tx, None)
+    work.finish(tx)
 
 
 class RawTx:
@@ -168,13 +222,19 @@ class RawTx:
     classes (``IntegrityError``, ``OperationalError``), as they would from a Session.
     """
 
-    __slots__ = ("cursor", "dialect", "_format", "_error")
+    __slots__ = ("cursor", "dialect", "finishers", "_format", "_error")
 
     def __init__(self, cursor: Any, dialect: str, paramstyle: str, error: type[Exception]) -> None:
         self.cursor = cursor
         self.dialect = dialect
+        # run once each, in order, just before COMMIT (see Attached.finish)
+        self.finishers: dict[Callable[[RawTx], None], None] = {}
         self._format = paramstyle in ("format", "pyformat")
         self._error = error
+
+    def finish(self) -> None:
+        for fn in list(self.finishers):
+            fn(self)
 
     def _sql(self, sql: str) -> str:
         if not self._format:
@@ -223,7 +283,9 @@ def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = Tr
                 cur = conn.cursor()
                 if dialect.name == "sqlite":
                     cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield RawTx(cur, dialect.name, dialect.paramstyle, dbapi.Error)
+                tx = RawTx(cur, dialect.name, dialect.paramstyle, dbapi.Error)
+                yield tx
+                tx.finish()
                 conn.commit()
             except dbapi.Error as exc:
                 raise DBAPIError.instance(None, None, exc, dbapi.Error) from exc
@@ -279,6 +341,17 @@ class Writer:
             GroupCommit(self._commit, max_batch=max_batch) if engine.dialect.name == "sqlite" else None)
 
     def run(self, unit: Callable[[RawTx], T]) -> T:
+        """Run ``unit`` in a committed transaction; :func:`attach`-ed work of the caller's
+        context joins it (inside the unit's savepoint on SQLite)."""
+        work = _pending()
+        if work is not None:
+            unit = _with_work(unit, work)
+        out = self._run(unit)
+        if work is not None:
+            work.committed = True
+        return out
+
+    def _run(self, unit: Callable[[RawTx], T]) -> T:
         if self._group is None:
             with raw_transaction(self._engine) as tx:
                 return unit(tx)
@@ -304,6 +377,18 @@ class Writer:
                     out.append(_Failed(exc))
                 tx.execute("RELEASE SAVEPOINT csm_unit")
         return out
+
+
+def _with_work(unit: Callable[[RawTx], T], work: Attached) -> Callable[[RawTx], T]:
+    add = work.prepare()  # on the caller's thread: a batch's units run on its leader's
+
+    def both(tx: RawTx) -> T:
+        out = unit(tx)
+        add(tx, out)
+        tx.finishers[work.finish] = None
+        return out
+
+    return both
 
 
 _WRITERS: weakref.WeakKeyDictionary[Engine, Writer] = weakref.WeakKeyDictionary()
@@ -391,4 +476,4 @@ def dispose_after_fork(engine: Engine) -> None:
 
 
 __all__ = ["Base", "NullPool", "RawTx", "make_engine", "session_factory", "transaction", "raw_transaction", "read_one",
-           "migrate", "ping", "write_lock", "Writer", "writer"]
+           "migrate", "ping", "write_lock", "Writer", "writer", "Attached", "attach"]

@@ -16,6 +16,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from .audit.service import AuditEvent
+from .db import attach
 from .auth.policy import Capability
 from .auth.service import Identity
 from .errors import PROBLEM_TYPES, Unauthenticated, classify, problem_for_status
@@ -171,7 +172,13 @@ def guard(capability: Capability | None, path: str | Callable[..., str], *, acti
                 from .errors import BadRequest
 
                 raise BadRequest("the request path contains a NUL character")
-            return fn(*args, **kwargs)
+            if not audit or request.method in _READ_METHODS:
+                return fn(*args, **kwargs)
+            # A mutating request: its audit entry commits with its write, or neither does.
+            work = services().audit.attached(lambda: _audit_event(_success_status(), g.audit))
+            g.audit_attached = work
+            with attach(work):
+                return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
@@ -184,15 +191,23 @@ def _audit_text(text: str) -> str:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def record_audit(response: Response) -> Response:
-    """after_request: write the audit entry for guarded requests; fail closed if it cannot."""
-    pending = g.pop("audit", None)
-    if pending is None:
-        return response
+_READ_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def _success_status() -> int:
+    """The success status the current route declares (flask-smorest ``@blp.response``)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    cls = getattr(view, "view_class", None)
+    fn = getattr(cls, request.method.lower(), None) if cls is not None else view
+    codes = getattr(fn, "_apidoc", {}).get("success_status_codes") or [200]
+    return int(codes[0])
+
+
+def _audit_event(status: int, pending: dict[str, str]) -> AuditEvent:
+    """The audit entry of the current request, as if it answered ``status``."""
     ident: Identity | None = g.get("identity")
-    status = response.status_code
     outcome = "ok" if status < 400 else {401: "unauthenticated", 403: "denied"}.get(status, "error")
-    ev = AuditEvent(
+    return AuditEvent(
         actor=ident.label if ident else "anonymous",
         action=_audit_text(pending["action"]),
         resource=_audit_text(pending["resource"]),
@@ -202,6 +217,30 @@ def record_audit(response: Response) -> Response:
         remote=request.remote_addr or "",
         detail={"method": request.method, **(g.get("audit_detail") or {})},
     )
+
+
+def _recorded(entry: AuditEvent | None, ev: AuditEvent) -> bool:
+    """Whether the entry committed with the write already says all that ``ev`` says."""
+    if entry is None or entry.status != ev.status:
+        return False
+    recorded = entry.detail or {}
+    return all(recorded.get(k) == v for k, v in (ev.detail or {}).items())
+
+
+def record_audit(response: Response) -> Response:
+    """after_request: write the audit entry for guarded requests; fail closed if it cannot.
+
+    A mutating request whose write committed already has its entry (written in the write's
+    transaction, with the route's success status): nothing more is written unless the response
+    or the detail the view set after its write differ from it, which then get an entry of their
+    own."""
+    pending = g.pop("audit", None)
+    if pending is None:
+        return response
+    work = g.pop("audit_attached", None)
+    ev = _audit_event(response.status_code, pending)
+    if work is not None and work.committed and _recorded(work.record, ev):
+        return response
     try:
         services().audit.append(ev)
     except Exception as exc:  # noqa: BLE001 - any failure must turn into a refusal

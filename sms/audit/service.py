@@ -16,15 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import RawTx, transaction, writer
+from ..db import Attached, RawTx, transaction, writer
 from ..groupcommit import GroupCommit
 from .models import AuditHead, AuditRow
 
@@ -90,6 +90,7 @@ _INSERT_SQL = (f"INSERT INTO {AuditRow.__tablename__} ({', '.join(_COLUMNS)}) "
                f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
 _GENESIS_SQL = f"INSERT INTO {AuditHead.__tablename__} (id, seq, entry_hash) VALUES (1, 0, ?)"
 _MOVE_HEAD_SQL = f"UPDATE {AuditHead.__tablename__} SET seq = ?, entry_hash = ? WHERE id = 1"
+_SET_MAC_SQL = f"UPDATE {AuditRow.__tablename__} SET mac = ?, mac_key = ? WHERE seq = ?"
 
 
 class AuditLog:
@@ -124,6 +125,37 @@ class AuditLog:
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
         return self._group.submit((ts, ev))
 
+    def attached(self, event: Callable[[], AuditEvent]) -> Attached:
+        """The entry of a write, to commit in the write's own transaction (:func:`sms.db.attach`):
+        if the entry cannot be added the write rolls back, and a committed write has its entry.
+
+        ``event`` is called on the writing thread when the write is handed in; a write result
+        with an ``audit_detail()`` method adds that to the entry's detail. The entry is linked
+        into the chain inside the write's transaction; the transaction's last entry is MAC'd just
+        before its COMMIT (once per transaction, so a batch of writes costs one MAC, as appends
+        do). The committed entry is left in ``record``."""
+
+        def prepare() -> Callable[[RawTx, Any], None]:
+            ts, ev = datetime.now(UTC).isoformat(timespec="microseconds"), event()
+
+            def add(tx: RawTx, result: Any) -> None:
+                described = getattr(result, "audit_detail", None)
+                entry = replace(ev, detail={**(ev.detail or {}), **described()}) if described is not None else ev
+                self._append_rows(tx, ((ts, entry),), mac=False)
+                work.record = entry
+
+            return add
+
+        work = Attached(prepare, self._mac_head)
+        return work
+
+    def _mac_head(self, tx: RawTx) -> None:
+        """MAC the chain's current last entry (it covers every entry since the previous MAC)."""
+        seq, digest = tx.one(_HEAD_SQL)
+        if int(seq) > 0:
+            tx.execute(_SET_MAC_SQL, (self._ks.encrypt(self._label, b"", aad=bytes.fromhex(digest)), self._label,
+                                      int(seq)))
+
     def _commit_batch(self, items: Sequence[tuple[str, AuditEvent]]) -> list[int]:
         """Link, MAC and insert a batch in one transaction, serialised across processes by the
         head row lock (FOR UPDATE on PostgreSQL, the database write lock on SQLite). On SQLite
@@ -131,7 +163,7 @@ class AuditLog:
         commit with concurrent secret writes."""
         return writer(self._sessions).run(lambda tx: self._append_rows(tx, items))
 
-    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]]) -> list[int]:
+    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True) -> list[int]:
         head = tx.one(_HEAD_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""))
         if head is None:  # pragma: no cover - created by the migration
             tx.execute(_GENESIS_SQL, (GENESIS,))
@@ -146,7 +178,8 @@ class AuditLog:
                          ev.request_id[:64], ev.remote[:64], json.dumps(ev.detail or {}, sort_keys=True),
                          prev, digest, b"", self._label])
             prev = digest
-        rows[-1][12] = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(prev))
+        if mac:
+            rows[-1][12] = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(prev))
         tx.executemany(_INSERT_SQL, rows)
         tx.execute(_MOVE_HEAD_SQL, (seq, prev))
         first = seq - len(rows) + 1

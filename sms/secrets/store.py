@@ -69,6 +69,10 @@ class SecretMeta:
     def version(self, n: int) -> VersionMeta | None:
         return next((v for v in self.versions if v.version == n), None)
 
+    def audit_detail(self) -> dict[str, int]:
+        """What the audit entry of the write that produced this records (sms.db.attach)."""
+        return {"version": self.current_version}
+
 
 @dataclass(frozen=True)
 class SealedVersion:

@@ -1,6 +1,8 @@
 """Audit: every touching request is recorded; tampering is detected; no token in the log."""
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import text
 
 from sms.audit.service import AuditEvent
@@ -214,3 +216,59 @@ def test_a_process_dying_in_the_middle_of_a_batch_leaves_a_verifiable_chain(serv
     assert services.audit.verify().ok
     _fill(services, 1)  # the database (and its write lock) are free again
     assert _count(services) == n + 1 and services.audit.verify().ok
+
+
+def _secret(client, headers, name="s"):
+    r = client.get(f"/v1/domains/wa/secrets/{name}", headers=headers)
+    return r.status_code, (r.get_json() or {}).get("version"), (r.get_json() or {}).get("values")
+
+
+def test_a_write_whose_audit_entry_cannot_be_written_is_rolled_back(app, root_headers, services):
+    client = app.test_client()
+    assert client.post("/v1/domains", json={"name": "wa"}, headers=root_headers).status_code == 201
+    assert client.post("/v1/domains/wa/secrets", json={"name": "s", "values": {"v": 1}},
+                       headers=root_headers).status_code == 201
+    head, n = _head(services), _count(services)
+    _refuse_audit_inserts(services, True)
+    try:
+        put = client.put("/v1/domains/wa/secrets/s", json={"values": {"v": 2}}, headers=root_headers)
+        create = client.post("/v1/domains/wa/secrets", json={"name": "t", "values": {"v": 1}}, headers=root_headers)
+        drop = client.delete("/v1/domains/wa?force=true", headers=root_headers)  # an ORM transaction
+        assert [put.status_code, create.status_code, drop.status_code] == [503, 503, 503]
+    finally:
+        _refuse_audit_inserts(services, False)
+    assert _head(services) == head and _count(services) == n
+    assert _secret(client, root_headers) == (200, 1, {"v": 1})  # the version was not bumped
+    assert _secret(client, root_headers, "t")[0] == 404
+    assert services.audit.verify().ok
+
+
+def test_each_committed_write_has_exactly_one_entry_and_the_chain_verifies(app, root_headers, services):
+    client = app.test_client()
+    client.post("/v1/domains", json={"name": "wa"}, headers=root_headers)
+    client.post("/v1/domains/wa/secrets", json={"name": "s", "values": {"v": 0}}, headers=root_headers)
+    n = _count(services)
+    statuses: list[int] = []
+
+    def write(i: int) -> None:
+        c = app.test_client()
+        for j in range(5):
+            r = c.put("/v1/domains/wa/secrets/s", json={"values": {"v": i * 10 + j}},
+                      headers={**root_headers, "X-Request-ID": f"w{i}-{j}"})
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [200] * 30
+    with services.engine.connect() as c:
+        rows = c.execute(text("SELECT request_id, status, outcome, detail FROM audit_log WHERE seq > :n"),
+                         {"n": n}).all()
+        last_mac = c.execute(text("SELECT mac FROM audit_log ORDER BY seq DESC LIMIT 1")).scalar_one()
+    assert sorted(r[0] for r in rows) == sorted(f"w{i}-{j}" for i in range(6) for j in range(5))
+    assert {(r[1], r[2]) for r in rows} == {(200, "ok")}
+    assert sorted(json.loads(r[3])["version"] for r in rows) == list(range(2, 32))  # the write's own detail
+    assert last_mac and services.audit.verify().ok
+    assert _secret(client, root_headers)[1] == 31
