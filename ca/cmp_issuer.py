@@ -10,7 +10,13 @@ ProfileViolation → badCertTemplate (the violations in the detail text); CsrSig
 badPOP; InvalidCsr → badDataFormat; ProfileNotFound / InvalidRequest → badRequest; CaNotUsable
 and an unavailable token → systemUnavail; UnknownSerial / another CA's certificate → badCertId;
 AlreadyRevoked → certRevoked. A kur records the new certificate as a renewal of the old one.
-Root CA key update (RFC 9480 §2.4) is not offered (returns None).
+
+Root CA key update (RFC 9480 §2.4, RFC 9483 §4.3.2): csm has no root-key rollover, so there is
+never a newer root to announce and :meth:`EngineIssuer.root_ca_key_update` returns None, which the
+CMP server answers with id-it-rootCaKeyUpdate and an absent infoValue ("no update available").
+An update must carry newWithOld (the new root key certified by the old one, RFC 9483 §4.3.2) for
+a client to chain the new root to the one it trusts, and only a rollover in the engine can make
+it; so a same-name root created beside the old one is not announced.
 """
 from __future__ import annotations
 
@@ -128,6 +134,7 @@ class EngineIssuer:
         return self._engine.chain(self._ca)
 
     def root_ca_key_update(self) -> RootCaKeyUpdate | None:
+        """None: no update available (see the module docstring)."""
         return None
 
 

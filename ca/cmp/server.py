@@ -434,9 +434,13 @@ class CmpServer:
         for kind in wanted:
             if kind is InfoType.CA_CERTS:
                 items.append(InfoTypeAndValue.certificates(InfoType.CA_CERTS, self.issuer.ca_certificates()))
-            elif kind is InfoType.ROOT_CA_KEY_UPDATE:
+            elif kind in (InfoType.ROOT_CA_KEY_UPDATE, InfoType.ROOT_CA_CERT):
+                # RFC 9483 §4.3.2 asks with id-it-rootCaCert (the client's old root), RFC 4210 with
+                # id-it-rootCaKeyUpdate; both are answered with id-it-rootCaKeyUpdate, its value
+                # absent when there is no update.
                 upd = self.issuer.root_ca_key_update()
-                items.append(InfoTypeAndValue.of(kind, _root_update_der(upd) if upd is not None else None))
+                items.append(InfoTypeAndValue.of(InfoType.ROOT_CA_KEY_UPDATE,
+                                                 _root_update_der(upd) if upd is not None else None))
             elif kind is InfoType.CERT_REQ_TEMPLATE:
                 tpl = self.profile.cert_req_template
                 items.append(InfoTypeAndValue.of(kind, _template_der(tpl) if tpl is not None else None))

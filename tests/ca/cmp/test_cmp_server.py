@@ -307,6 +307,14 @@ def test_genm_answers_ca_certs_templates_key_types_and_root_update(env: Env) -> 
     assert env.sig_client().ca_certs() == (env.pki.ca_cert,)
 
 
+def test_genm_root_ca_cert_form_is_answered_with_an_absent_root_ca_key_update(env: Env) -> None:
+    # RFC 9483 §4.3.2: asked with id-it-rootCaCert, answered with id-it-rootCaKeyUpdate, no value = no update
+    env.issuer.root_update = None
+    for asked in (InfoType.ROOT_CA_CERT, InfoType.ROOT_CA_KEY_UPDATE):
+        (item,) = env.sig_client().general_message(asked)
+        assert item.kind is InfoType.ROOT_CA_KEY_UPDATE and item.value is None
+
+
 def test_mac_protected_kur_and_unsupported_bodies(env: Env) -> None:
     body = cmp.KurBody((builders.cert_request(ec_key(), subject=name("x"), old_cert=env.client_cert),))
     msg = cmp.protect_with_pbm(cmp.PKIMessage(builders.request_header(recipient=env.pki.ca_name), body), SECRET,

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from ca import CertificateQuery
 from ca.cmp import TransactionState
 from client_sdk import cmp
+from client_sdk.cmp import InfoType
 from sms.ca.wiring import crl_publisher
 from tests.ca.conftest import openssl_verify, pkilint_findings
 from tests.client_sdk.cmptools import OPENSSL, TestPki, ec_key, name
@@ -112,6 +113,13 @@ def test_cr_kur_p10cr_rr_genm_with_signature_protection(env: CmpEnv, tmp_path: P
     assert "GENP" in r.stdout
     kinds = [t.request_type.asn1_name for t in _txns(env)]
     assert sorted(kinds) == sorted(["ir", "cr", "kur", "p10cr", "rr", "genm"])
+    # openssl 3.0 can ask for rootCaKeyUpdate (-infotype sends the OID with no value; it cannot send
+    # RFC 9483's id-it-rootCaCert): csm has no root-key rollover, so the value is absent
+    r = env.sig("test", "client.pem", "k1.key", "-cmd", "genm", "-infotype", "rootCaKeyUpdate", "-rspout", "genp.der")
+    assert r.returncode == 0, r.stderr
+    genp = cmp.PKIMessage.decode((env.dir / "genp.der").read_bytes())
+    assert isinstance(genp.body, cmp.GenpBody)
+    assert [(i.kind, i.value) for i in genp.body.items] == [(InfoType.ROOT_CA_KEY_UPDATE, None)]
     # the revoked certificate can no longer authenticate requests
     r = env.sig("test", "kur.pem", "k3.key", "-cmd", "cr", "-newkey", "k4.key", "-subject", "/CN=nf-x.example.com",
                 "-certout", "x.pem", "-unprotected_errors")
