@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from client_sdk import cmp
@@ -323,3 +324,49 @@ def test_garbage_is_bad_data_format() -> None:
             cmp.PKIMessage.decode(junk)
     with pytest.raises(errors.BadDataFormat, match="exceeds"):
         cmp.PKIMessage.decode(b"\x30" * 100, max_size=10)
+
+
+def _tlvs(der: bytes) -> list[bytes]:
+    """The complete TLVs inside one DER SEQUENCE (a test-only reader, independent of the codec)."""
+    def tlv_at(buf: bytes, i: int) -> tuple[int, int]:  # (start of contents, end)
+        n = buf[i + 1]
+        if n < 0x80:
+            return i + 2, i + 2 + n
+        k = n & 0x7F
+        return i + 2 + k, i + 2 + k + int.from_bytes(buf[i + 2:i + 2 + k], "big")
+
+    start, end = tlv_at(der, 0)
+    assert der[0] == 0x30 and end == len(der)
+    out, i = [], start
+    while i < end:
+        _, j = tlv_at(der, i)
+        out.append(der[i:j])
+        i = j
+    return out
+
+
+def _der_sequence(*parts: bytes) -> bytes:
+    content = b"".join(parts)
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return b"\x30" + length + content
+
+
+def test_decoded_protected_part_and_extra_certs_are_the_received_der_slices(captured: Captured) -> None:
+    seen_extra = 0
+    for label, der in captured.all():
+        header, body, *tail = _tlvs(der)
+        msg = cmp.PKIMessage.decode(der)
+        assert msg.protected_part() == _der_sequence(header, body), label
+        extra = [t for t in tail if t[0] == 0xA1]  # extraCerts [1] EXPLICIT SEQUENCE OF CMPCertificate
+        certs = _tlvs(extra[0][_hdr_len(extra[0]):]) if extra else []
+        assert [c.public_bytes(serialization.Encoding.DER) for c in msg.extra_certs] == certs, label
+        seen_extra += len(certs)
+        # the typed re-encoding of the same message yields the same protected part
+        assert uncached(msg).protected_part() == msg.protected_part(), label
+    assert seen_extra > 0  # openssl's signed messages carry extraCerts
+
+
+def _hdr_len(tlv: bytes) -> int:
+    return 2 if tlv[1] < 0x80 else 2 + (tlv[1] & 0x7F)

@@ -315,6 +315,33 @@ def test_genm_root_ca_cert_form_is_answered_with_an_absent_root_ca_key_update(en
         assert item.kind is InfoType.ROOT_CA_KEY_UPDATE and item.value is None
 
 
+def test_mac_responses_reuse_one_salt_per_secret_for_a_minute(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from ca.cmp import server as server_module
+
+    now = [1000.0]
+    monkeypatch.setattr(server_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    server_module_lifetime = server_module.RESPONSE_SALT_LIFETIME
+
+    def response_salt() -> bytes:
+        rsp = env.send(cmp.protect_with_pbm(env.ir(), SECRET, sender_kid=REF, iteration_count=500))
+        cmp.verify_pbm(rsp, SECRET)  # the cached BASEKEY gives a MAC that verifies with the secret
+        with pytest.raises(errors.BadMessageCheck):
+            cmp.verify_pbm(rsp, SECRET + b"x")
+        alg = rsp.header.protection_alg
+        assert isinstance(alg, cmp.PBMParameters) and alg.iteration_count == 500
+        return alg.salt
+
+    first = response_salt()
+    assert len(first) == 16 and response_salt() == first
+    now[0] += server_module_lifetime - 1
+    assert response_salt() == first
+    now[0] += 2
+    second = response_salt()
+    assert second != first and response_salt() == second
+
+
 def test_mac_protected_kur_and_unsupported_bodies(env: Env) -> None:
     body = cmp.KurBody((builders.cert_request(ec_key(), subject=name("x"), old_cert=env.client_cert),))
     msg = cmp.protect_with_pbm(cmp.PKIMessage(builders.request_header(recipient=env.pki.ca_name), body), SECRET,

@@ -134,3 +134,37 @@ def test_sdk_client_enrols_over_http_against_the_app(env: CmpEnv) -> None:
     got = c.ir(ec_key(), subject=name("sdk.example.com"))
     assert got.certificate.issuer == env.issuing.certificate.subject and not got.implicitly_confirmed
     assert env.cmp.transactions.count(profile="test") == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_changed_secret_never_meets_the_cached_response_mac_key(env: CmpEnv) -> None:
+    """Responses reuse a salt (and its derived key) per secret for a minute; a secret change must
+    not: the next response is MAC'd with the new secret."""
+    from client_sdk.cmp import builders
+    from tests.client_sdk.cmptools import ec_key, name
+
+    new_secret = "pbm-Secret-4712-rotated"
+
+    def response(secret: str) -> cmp.PKIMessage:
+        body = cmp.IrBody((builders.cert_request(ec_key(), subject=name("mac.example.com")),))
+        req = cmp.protect_with_pbm(cmp.PKIMessage(builders.request_header(recipient=env.issuing.certificate.subject),
+                                                  body), secret.encode(), sender_kid=REF.encode(), iteration_count=500)
+        r = env.client.post("/.well-known/cmp/p/test", data=req.encode(), headers=CT)
+        assert r.status_code == 200
+        return cmp.PKIMessage.decode(bytes(r.data))
+
+    def salt(msg: cmp.PKIMessage) -> bytes:
+        assert isinstance(msg.header.protection_alg, cmp.PBMParameters)
+        return msg.header.protection_alg.salt
+
+    a, b = response(SECRET), response(SECRET)
+    cmp.verify_pbm(a, SECRET.encode())
+    cmp.verify_pbm(b, SECRET.encode())
+    assert salt(a) == salt(b)  # the cached key
+    env.cmp.update_profile("test", {}, set_secrets={REF: new_secret})
+    c = response(new_secret)
+    assert isinstance(c.body, cmp.IpBody)
+    cmp.verify_pbm(c, new_secret.encode())
+    with pytest.raises(cmp.errors.BadMessageCheck):
+        cmp.verify_pbm(c, SECRET.encode())
+    assert salt(c) != salt(a)
