@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import requests
+from urllib3.exceptions import HTTPError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
@@ -87,20 +88,31 @@ class HttpTransport:
         return f"HttpTransport({self.url!r})"
 
     def send(self, request: bytes) -> bytes:
+        """POST ``request``; the response body is read up to ``max_response_size`` (streamed, so a
+        huge answer is never buffered). A body read to its end returns the connection to the
+        session's pool (keep-alive); one left unread (too large) has its connection closed."""
         try:
             resp = self._session.post(self.url, data=request, timeout=self.timeout, stream=True,
                                       headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE})
-            body = resp.raw.read(self.max_response_size + 1, decode_content=True)
         except requests.exceptions.SSLError as exc:
             raise TransportError(f"TLS handshake with {self.url} failed: {type(exc).__name__}") from None
         except requests.RequestException as exc:
             raise TransportError(f"cannot reach {self.url}: {type(exc).__name__}") from None
-        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype != CONTENT_TYPE:
-            raise TransportError(f"HTTP {resp.status_code} with content type {ctype or 'none'} from {self.url}")
-        if len(body) > self.max_response_size:
-            raise TransportError(f"response from {self.url} exceeds {self.max_response_size} bytes")
-        return bytes(body)
+        try:
+            try:  # read (bounded) even an error page, so that its connection can be reused
+                body = resp.raw.read(self.max_response_size + 1, decode_content=True)
+            except (requests.RequestException, OSError, HTTPError) as exc:
+                raise TransportError(f"cannot read the response from {self.url}: {type(exc).__name__}") from None
+            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if ctype != CONTENT_TYPE:
+                raise TransportError(f"HTTP {resp.status_code} with content type {ctype or 'none'} from {self.url}")
+            if len(body) > self.max_response_size:
+                raise TransportError(f"response from {self.url} exceeds {self.max_response_size} bytes")
+            return bytes(body)
+        finally:
+            # after a complete read urllib3 has already put the connection back in the pool and
+            # this is a no-op for it; otherwise the socket is closed now rather than at GC time
+            resp.close()
 
     def close(self) -> None:
         self._session.close()

@@ -1,0 +1,93 @@
+"""HttpTransport's connection handling against a local keep-alive HTTP/1.1 server that counts
+TCP connections: complete responses reuse one connection, refused ones close theirs at once."""
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from client_sdk.cmp.errors import TransportError
+from client_sdk.cmp.client import HttpTransport
+
+
+@dataclass
+class Counting:
+    url: str
+    opened: list[object] = field(default_factory=list)
+    closed: list[object] = field(default_factory=list)
+    answer: tuple[str, int] = ("application/pkixcmp", 50)  # content type, body size
+
+    def wait_all_closed(self, timeout: float = 3.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.closed) == len(self.opened):
+                return True
+            time.sleep(0.01)
+        return False
+
+
+@pytest.fixture
+def server() -> Iterator[Counting]:
+    state = Counting("")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            super().setup()
+            state.opened.append(self.client_address)
+
+        def finish(self) -> None:
+            super().finish()
+            state.closed.append(self.client_address)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            ctype, size = state.answer
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(b"\x30" * size)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{srv.server_address[1]}/.well-known/cmp"
+    yield state
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_complete_responses_reuse_one_connection(server: Counting) -> None:
+    t = HttpTransport(server.url, max_response_size=100)
+    for _ in range(5):
+        assert t.send(b"req") == b"\x30" * 50
+    server.answer = ("application/problem+json", 60)  # a small error page is read and its connection kept
+    with pytest.raises(TransportError, match="content type"):
+        t.send(b"req")
+    server.answer = ("application/pkixcmp", 50)
+    t.send(b"req")
+    assert len(server.opened) == 1
+    t.close()
+    assert server.wait_all_closed()
+
+
+def test_an_oversized_response_closes_its_connection_at_once(server: Counting) -> None:
+    server.answer = ("application/pkixcmp", 5000)
+    t = HttpTransport(server.url, max_response_size=100)
+    for _ in range(3):
+        with pytest.raises(TransportError, match="exceeds") as caught:
+            t.send(b"req")
+        # closed while the exception (and the frame that held the response) is still alive
+        assert server.wait_all_closed(), (server.opened, server.closed)
+        del caught
+    assert len(server.opened) == 3
+    t.close()
