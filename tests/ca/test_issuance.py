@@ -96,6 +96,25 @@ def test_every_builtin_profile_issues_certificates_that_openssl_verifies_and_pki
     assert issued.pem(include_root=True).count(b"BEGIN CERTIFICATE") == len(issued.chain) + 1
 
 
+@pytest.mark.parametrize("profile", ["tls-client", "tls-mutual"])
+def test_spiffe_and_urn_uri_sans_draw_only_pkilints_uri_scheme_allowlist_finding(
+        engine: CaEngine, root, profile: str, lint) -> None:
+    """pkilint's pkix.invalid_uri_syntax comes from validators.url, which accepts only
+    ftp/ftps/git/http/https/rtsp/sftp/ssh/telnet URLs with a host; spiffe: and urn: URIs are
+    valid RFC 3986 absolute URIs as RFC 5280 4.2.1.6 requires. README: "pkilint and SPIFFE IDs".
+    Nothing else may be flagged; if pkilint ever accepts them, this test says so."""
+    uris = ["spiffe://example.org/ns/prod/sa/payments", "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"]
+    csr = make_csr(name("payments.example.com"), dns=["payments.example.com"],
+                   sans=[x509.UniformResourceIdentifier(u) for u in uris])
+    issued = engine.issue(IssueRequest(ca="root", profile=profile, csr=csr, requester="t"))
+    san = issued.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == uris
+    findings = lint("cert", issued.der())
+    assert len(findings) == len(uris), findings
+    assert all(f.startswith("pkix.invalid_uri_syntax (ERROR)") and f.endswith(".uniformResourceIdentifier")
+               for f in findings), findings
+
+
 def test_der_csrs_are_accepted_and_the_cn_is_copied_into_the_sans(engine: CaEngine, root) -> None:
     issued = engine.issue(IssueRequest(ca="root", profile="tls-server", csr=make_csr(name("web.example.com"), pem=False),
                                        requester="t"))
