@@ -116,11 +116,17 @@ def handle_any_exception(exc: Exception) -> Response:
 IdentityResolver = Callable[[], Identity | None]
 
 
+# Request headers as the WSGI environ keys them: reading the environ directly is what
+# request.headers.get does, minus the KeyError it raises and catches for an absent header.
+_ENV_TOKEN = "HTTP_" + TOKEN_HEADER.upper().replace("-", "_")
+
+
 def presented_token() -> str | None:
-    tok = request.headers.get(TOKEN_HEADER)
+    environ = request.environ
+    tok = environ.get(_ENV_TOKEN)
     if tok:
-        return tok.strip()
-    auth = request.headers.get("Authorization", "")
+        return str(tok).strip()
+    auth = str(environ.get("HTTP_AUTHORIZATION", ""))
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return None
@@ -188,6 +194,8 @@ def guard(capability: Capability | None, path: str | Callable[..., str], *, acti
 def _audit_text(text: str) -> str:
     """Request-derived text as every database stores it: NUL (refused by PostgreSQL) and lone
     surrogates (undecodable bytes) escaped."""
+    if text.isascii() and "\x00" not in text:  # nothing to escape (the common case)
+        return text
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -273,7 +281,7 @@ def buffered_body(app: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def assign_request_id() -> None:
-    rid = request.headers.get("X-Request-ID", "")
+    rid = str(request.environ.get("HTTP_X_REQUEST_ID", ""))
     g.request_id = rid if _REQUEST_ID_RE.match(rid) else secrets.token_hex(8)
 
 

@@ -110,6 +110,8 @@ def if_match_cas(body_cas: int | None) -> int | None:
 
 def version_arg() -> int | None:
     """``?version=n`` (n >= 1) or None; anything else is a 422 like a schema would give."""
+    if not request.environ.get("QUERY_STRING"):  # no query: skip parsing one (the hot path)
+        return None
     raw = request.args.get("version")
     if raw is None:
         return None
