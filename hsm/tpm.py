@@ -427,7 +427,7 @@ class TpmSealer:
             yield
         except TSS2_Exception as exc:
             err = _map_error(exc, op, self._tcti)
-            log.warning("%s", err)
+            log.debug("%s", err)  # raised to the caller, who reports it: not logged twice
             raise err from exc
 
     @contextlib.contextmanager

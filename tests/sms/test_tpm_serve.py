@@ -24,6 +24,8 @@ def _one_line_error(r, *fragments: str) -> None:
     assert len(errors) == 1, r.stderr
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
     assert all(f.lower() in errors[0].lower() for f in fragments), errors[0]
+    message = errors[0][len("csm: error:"):].strip()
+    assert (r.stderr + r.stdout).count(message) == 1, r.stderr  # reported once, not also logged
 
 
 def test_serve_unseals_the_pin_from_the_tpm_and_refuses_a_changed_or_missing_tpm(tmp_path):
