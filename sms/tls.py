@@ -118,6 +118,20 @@ def ensure_service_cert(settings: Settings, svc: Any, *, force: bool = False) ->
     return _from_bootstrap_ca(settings, ks, ca, force=force)
 
 
+def server_sans(settings: Settings) -> list[x509.GeneralName]:
+    """The service certificate's SANs: localhost, 127.0.0.1, ::1 and the configured host."""
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                    x509.IPAddress(ipaddress.ip_address("::1"))]
+    try:
+        ip = ipaddress.ip_address(settings.host)
+        if not ip.is_unspecified and x509.IPAddress(ip) not in sans:
+            sans.append(x509.IPAddress(ip))
+    except ValueError:
+        if settings.host and x509.DNSName(settings.host) not in sans:
+            sans.append(x509.DNSName(settings.host))
+    return sans
+
+
 def _from_bootstrap_ca(settings: Settings, ks: Any, ca: x509.Certificate, *, force: bool) -> TlsFiles:
     """Issue (or keep) the server certificate for ``settings.host`` from the bootstrap CA."""
     ca_path = settings.tls_dir / "ca.crt"
@@ -126,16 +140,8 @@ def _from_bootstrap_ca(settings: Settings, ks: Any, ca: x509.Certificate, *, for
         return TlsFiles(ca_path, settings.tls_cert_path, settings.tls_key_path, cert.not_valid_after_utc, False)
     server_key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                    x509.IPAddress(ipaddress.ip_address("::1"))]
+    sans = server_sans(settings)
     host = settings.host
-    try:
-        ip = ipaddress.ip_address(host)
-        if not ip.is_unspecified and x509.IPAddress(ip) not in sans:
-            sans.append(x509.IPAddress(ip))
-    except ValueError:
-        if host and x509.DNSName(host) not in sans:
-            sans.append(x509.DNSName(host))
     ca_key = ks.private_key(BOOTSTRAP_CA_KEY)
     cert = (
         x509.CertificateBuilder()

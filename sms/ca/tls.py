@@ -11,7 +11,6 @@ the current certificate.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from typing import Any
 
 from cryptography import x509
@@ -23,23 +22,10 @@ from ca import CaError, IssueRequest
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..tls import TlsFiles, _write_private
+from ..tls import TlsFiles, _write_private, server_sans
 from .wiring import ca_engine
 
 REQUESTER = "csm:server-tls"
-
-
-def _sans(settings: Settings) -> list[x509.GeneralName]:
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                    x509.IPAddress(ipaddress.ip_address("::1"))]
-    try:
-        ip = ipaddress.ip_address(settings.host)
-        if not ip.is_unspecified and x509.IPAddress(ip) not in sans:
-            sans.append(x509.IPAddress(ip))
-    except ValueError:
-        if settings.host and x509.DNSName(settings.host) not in sans:
-            sans.append(x509.DNSName(settings.host))
-    return sans
 
 
 def _current_is_good(settings: Settings, issuer: x509.Certificate) -> bool:
@@ -77,7 +63,7 @@ def _ensure(settings: Settings, svc: Any, force: bool) -> TlsFiles:
     cn = settings.host if settings.host and not settings.host.startswith(("0.", "::")) else "localhost"
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-           .add_extension(x509.SubjectAlternativeName(_sans(settings)), critical=False)
+           .add_extension(x509.SubjectAlternativeName(server_sans(settings)), critical=False)
            .sign(key, hashes.SHA256()))
     issued = engine.issue(IssueRequest(ca=record.name, profile=settings.tls_profile, csr=csr, requester=REQUESTER,
                                        validity=dt.timedelta(days=settings.tls_cert_days)))
