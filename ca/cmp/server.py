@@ -80,6 +80,9 @@ class _Outcome:
     implicit_confirm: bool = False
     confirm_wait_time: _dt.datetime | None = None
     extra_certs: tuple[x509.Certificate, ...] = ()
+    #: the handler's last transaction write already stored the response's senderNonce (or
+    #: finished the transaction): no separate nonce write after the response is built
+    nonce_recorded: bool = False
 
 
 class CmpServer:
@@ -94,7 +97,9 @@ class CmpServer:
         self.signer = signer
         self._clock = clock
         self._pbm_keys: dict[bytes, tuple[float, bytes, bytes]] = {}  # senderKID -> (until, salt, BASEKEY)
-        self._dispatch: dict[BodyType, Callable[[PKIMessage, Requester], _Outcome]] = {
+        # handlers get the request, the authenticated requester and the senderNonce the response
+        # will carry (so that it is stored with the handler's own transaction write)
+        self._dispatch: dict[BodyType, Callable[[PKIMessage, Requester, bytes], _Outcome]] = {
             BodyType.IR: self._enroll,
             BodyType.CR: self._enroll,
             BodyType.KUR: self._enroll,
@@ -116,6 +121,7 @@ class CmpServer:
             header = builders.request_header() if (h := _lenient(request)) is None else h
             return self._error(header, exc, None)
         requester: Requester | None = None
+        nonce = builders.new_nonce()
         try:
             requester = self._authenticate(msg)
             if requester.auth is AuthKind.MAC and msg.body_type not in self.profile.mac_allowed_for:
@@ -124,13 +130,13 @@ class CmpServer:
             handler = self._dispatch.get(msg.body_type)
             if handler is None:
                 raise errors.BadRequest(f"{msg.body_type.asn1_name} is not supported by this server")
-            outcome = handler(msg, requester)
-            return self._respond(msg.header, outcome, requester)
+            outcome = handler(msg, requester, nonce)
+            return self._respond(msg.header, outcome, requester, nonce)
         except errors.CmpError as exc:
-            return self._error(msg.header, exc, requester)
+            return self._error(msg.header, exc, requester, nonce)
         except Exception:  # a collaborator failed: answer, log, leak nothing
             log.exception("CMP request on profile %s failed", self.profile.name)
-            return self._error(msg.header, errors.SystemFailure("internal error"), requester)
+            return self._error(msg.header, errors.SystemFailure("internal error"), requester, nonce)
 
     # ---- protection and header checks ---------------------------------------------------------
 
@@ -214,19 +220,23 @@ class CmpServer:
         self._pbm_keys[kid] = (now + RESPONSE_SALT_LIFETIME, salt, key)
         return salt, key
 
-    def _respond(self, request: PKIHeader, out: _Outcome, requester: Requester | None) -> bytes:
+    def _respond(self, request: PKIHeader, out: _Outcome, requester: Requester | None,
+                 nonce: bytes | None = None) -> bytes:
         sender: x509.Name | x509.GeneralName = self.profile.ca_name
         hdr = builders.response_header(request, sender=sender, implicit_confirm=out.implicit_confirm,
-                                       confirm_wait_time=out.confirm_wait_time, now=self._now())
+                                       confirm_wait_time=out.confirm_wait_time, now=self._now(),
+                                       sender_nonce=nonce)
         msg = PKIMessage(header=hdr, body=out.body, extra_certs=out.extra_certs)
         msg = self._protect(msg, requester)
-        self._remember_nonce(request, msg.header)
+        if not out.nonce_recorded:
+            self._remember_nonce(request, msg.header)
         return msg.encode()
 
-    def _error(self, request: PKIHeader, error: errors.CmpError, requester: Requester | None) -> bytes:
+    def _error(self, request: PKIHeader, error: errors.CmpError, requester: Requester | None,
+               nonce: bytes | None = None) -> bytes:
         log.info("CMP %s on profile %s: %s", type(error).__name__, self.profile.name, error.detail)
         try:
-            return self._respond(request, _Outcome(builders.error_body(error)), requester)
+            return self._respond(request, _Outcome(builders.error_body(error)), requester, nonce)
         except Exception:
             log.exception("cannot build a CMP error response")
             hdr = builders.response_header(builders.request_header(), sender=self.profile.ca_name)
@@ -248,12 +258,14 @@ class CmpServer:
 
     # ---- transactions ---------------------------------------------------------------------------
 
-    def _begin(self, msg: PKIMessage, requester: Requester, state: TransactionState, **fields: object) -> Transaction:
+    def _begin(self, msg: PKIMessage, requester: Requester, state: TransactionState, nonce: bytes,
+               **fields: object) -> Transaction:
+        """Store the new transaction with ``nonce``, the senderNonce of the answer to ``msg``."""
         h = msg.header
         if h.recip_nonce is not None:
             raise errors.BadRecipientNonce("the first message of a transaction carries no recipNonce")
         txn = Transaction(transaction_id=h.transaction_id or b"", profile=self.profile.name, state=state,
-                          requester=requester, request_type=msg.body_type, server_nonce=b"",
+                          requester=requester, request_type=msg.body_type, server_nonce=nonce,
                           created=self._now(), **fields)  # type: ignore[arg-type]
         self.transactions.begin(txn)
         return txn
@@ -273,7 +285,7 @@ class CmpServer:
 
     # ---- handlers -------------------------------------------------------------------------------
 
-    def _enroll(self, msg: PKIMessage, requester: Requester) -> _Outcome:
+    def _enroll(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         p = self.profile
         body = msg.body
         old_cert: x509.Certificate | None = None
@@ -305,31 +317,34 @@ class CmpServer:
                                tpl.not_before, tpl.not_after, old_certificate=old_cert)
         implicit = msg.header.implicit_confirm and p.implicit_confirm_allowed
         if p.approval_required:
-            self._begin(msg, requester, TransactionState.PENDING_APPROVAL, cert_req_id=cert_req_id,
+            self._begin(msg, requester, TransactionState.PENDING_APPROVAL, nonce, cert_req_id=cert_req_id,
                         issue_request=req, implicit_confirm=implicit)
-            return _Outcome(builders.cert_rep_body(msg.body_type, [builders.waiting(cert_req_id, "awaiting approval")]))
-        txn = self._begin(msg, requester, TransactionState.WAITING_CONFIRM, cert_req_id=cert_req_id,
+            return _Outcome(builders.cert_rep_body(msg.body_type, [builders.waiting(cert_req_id, "awaiting approval")]),
+                            nonce_recorded=True)
+        txn = self._begin(msg, requester, TransactionState.WAITING_CONFIRM, nonce, cert_req_id=cert_req_id,
                           implicit_confirm=implicit)
-        return self._grant(txn, req, msg.body_type, cert_req_id)
+        return self._grant(txn, req, msg.body_type, cert_req_id, nonce)
 
-    def _grant(self, txn: Transaction, req: IssueRequest, request_type: BodyType, cert_req_id: int) -> _Outcome:
+    def _grant(self, txn: Transaction, req: IssueRequest, request_type: BodyType, cert_req_id: int,
+               nonce: bytes) -> _Outcome:
         try:
             issued = self.issuer.issue(req)
         except errors.CmpError as exc:  # refused by policy: answer in the ip/cp/kup itself
             self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED, reason=exc.detail))
-            return _Outcome(builders.cert_rep_body(request_type, [builders.refused(cert_req_id, exc)]))
+            return _Outcome(builders.cert_rep_body(request_type, [builders.refused(cert_req_id, exc)]),
+                            nonce_recorded=True)
         ca_pubs = self._ca_pubs() if request_type is BodyType.IR and self.profile.return_ca_pubs else ()
         body = builders.cert_rep_body(request_type, [builders.granted(cert_req_id, issued.certificate)],
                                       ca_pubs=ca_pubs)
         if txn.implicit_confirm:
             self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED,
                                                          certificate=issued.certificate, chain=issued.chain))
-            return _Outcome(body, implicit_confirm=True, extra_certs=issued.chain)
+            return _Outcome(body, implicit_confirm=True, extra_certs=issued.chain, nonce_recorded=True)
         deadline = self._now() + self.profile.confirm_timeout
         self.transactions.update(dataclasses.replace(txn, state=TransactionState.WAITING_CONFIRM,
                                                      certificate=issued.certificate, chain=issued.chain,
-                                                     confirm_deadline=deadline))
-        return _Outcome(body, confirm_wait_time=deadline, extra_certs=issued.chain)
+                                                     confirm_deadline=deadline, server_nonce=nonce))
+        return _Outcome(body, confirm_wait_time=deadline, extra_certs=issued.chain, nonce_recorded=True)
 
     def _ca_pubs(self) -> tuple[x509.Certificate, ...]:
         return tuple(c for c in self.issuer.ca_certificates() if c.subject == c.issuer)
@@ -347,7 +362,7 @@ class CmpServer:
             raise errors.BadCertTemplate("kur must use a new key")
         return old
 
-    def _cert_conf(self, msg: PKIMessage, requester: Requester) -> _Outcome:
+    def _cert_conf(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         txn = self._continue(msg, requester)
         body = msg.body
         assert isinstance(body, CertConfBody)
@@ -374,7 +389,7 @@ class CmpServer:
             self._revoke_unconfirmed(txn, f"rejected by the requester: {reason}".rstrip(": "))
         else:
             self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED))
-        return _Outcome(builders.pkiconf_body())
+        return _Outcome(builders.pkiconf_body(), nonce_recorded=True)
 
     def _revoke_unconfirmed(self, txn: Transaction, reason: str) -> None:
         from client_sdk.cmp import RevocationReason
@@ -387,7 +402,7 @@ class CmpServer:
             pass
         self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED, reason=reason))
 
-    def _poll(self, msg: PKIMessage, requester: Requester) -> _Outcome:
+    def _poll(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         txn = self._continue(msg, requester)
         body = msg.body
         assert isinstance(body, PollReqBody)
@@ -399,12 +414,13 @@ class CmpServer:
         if txn.state is TransactionState.REJECTED:
             self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED))
             err = errors.NotAuthorized(txn.reason or "request rejected by an operator")
-            return _Outcome(builders.cert_rep_body(reply, [builders.refused(txn.cert_req_id, err)]))
+            return _Outcome(builders.cert_rep_body(reply, [builders.refused(txn.cert_req_id, err)]),
+                            nonce_recorded=True)
         if txn.state is TransactionState.APPROVED and txn.issue_request is not None:
-            return self._grant(txn, txn.issue_request, reply, txn.cert_req_id)
+            return self._grant(txn, txn.issue_request, reply, txn.cert_req_id, nonce)
         raise errors.BadRequest("nothing to poll for in this transaction")
 
-    def _revoke(self, msg: PKIMessage, requester: Requester) -> _Outcome:
+    def _revoke(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         body = msg.body
         assert isinstance(body, RrBody)
         if len(body.requests) != 1:
@@ -417,18 +433,18 @@ class CmpServer:
             if requester.auth is not AuthKind.SIGNATURE or own is None or \
                     (own.serial_number, own.issuer) != (d.serial_number, d.issuer):
                 raise errors.NotAuthorized("rr must be signed with the certificate to be revoked")
-        self._begin(msg, requester, TransactionState.FINISHED)
+        self._begin(msg, requester, TransactionState.FINISHED, nonce)
         cid = CertId(x509.DirectoryName(d.issuer), d.serial_number)
         try:
             self.issuer.revoke(d.serial_number, d.issuer, d.reason, requester)
         except errors.CmpError as exc:
-            return _Outcome(builders.rp_body([PKIStatusInfo.from_error(exc)], rev_certs=[cid]))
-        return _Outcome(builders.rp_body([PKIStatusInfo.accepted()], rev_certs=[cid]))
+            return _Outcome(builders.rp_body([PKIStatusInfo.from_error(exc)], rev_certs=[cid]), nonce_recorded=True)
+        return _Outcome(builders.rp_body([PKIStatusInfo.accepted()], rev_certs=[cid]), nonce_recorded=True)
 
-    def _general(self, msg: PKIMessage, requester: Requester) -> _Outcome:
+    def _general(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         body = msg.body
         assert isinstance(body, GenmBody)
-        self._begin(msg, requester, TransactionState.FINISHED)
+        self._begin(msg, requester, TransactionState.FINISHED, nonce)
         wanted = [i.kind for i in body.items] or [InfoType.CA_CERTS]
         items: list[InfoTypeAndValue] = []
         for kind in wanted:
@@ -446,9 +462,9 @@ class CmpServer:
                 items.append(InfoTypeAndValue.of(kind, _template_der(tpl) if tpl is not None else None))
             elif kind is InfoType.SIGN_KEY_PAIR_TYPES:
                 items.append(InfoTypeAndValue.of(kind, _key_types_der(self.profile)))
-        return _Outcome(builders.genp_body(items))
+        return _Outcome(builders.genp_body(items), nonce_recorded=True)
 
-    def _client_error(self, msg: PKIMessage, requester: Requester) -> _Outcome:
+    def _client_error(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         txn = self._continue(msg, requester)
         body = msg.body
         assert isinstance(body, ErrorBody)
@@ -457,7 +473,7 @@ class CmpServer:
             self._revoke_unconfirmed(txn, reason)
         else:
             self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED, reason=reason))
-        return _Outcome(PkiConfBody())
+        return _Outcome(PkiConfBody(), nonce_recorded=True)
 
 
 def _lenient(der: bytes) -> PKIHeader | None:

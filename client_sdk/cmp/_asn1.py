@@ -183,6 +183,36 @@ def _general_name_from_der(names_der: bytes) -> x509.GeneralName:
     return list(san.value)[0]
 
 
+_RAW_SEQUENCE_OF = univ.SequenceOf(componentType=univ.Any())
+
+
+def raw_sequence_der(*ders: bytes) -> bytes:
+    """DER of a SEQUENCE whose components are the given, already DER-encoded values (pyasn1
+    writes the outer TLV; the components are copied verbatim)."""
+    seq = _RAW_SEQUENCE_OF.clone()
+    for d in ders:
+        seq.append(univ.Any(d))
+    return encode(seq)
+
+
+@functools.lru_cache(maxsize=512)
+def general_name_from_der(der: bytes) -> x509.GeneralName:
+    """DER of one GeneralName (as received, e.g. a header's sender) → cryptography, without a
+    pyasn1 pass over the name (cached by DER: senders and recipients recur)."""
+    try:
+        return _general_name_from_der(raw_sequence_der(der))  # GeneralNames ::= SEQUENCE OF GeneralName
+    except CmpError:
+        raise
+    except Exception as exc:
+        raise BadDataFormat(f"malformed or unsupported GeneralName: {type(exc).__name__}") from None
+
+
+@functools.lru_cache(maxsize=512)
+def general_name_der(gn: x509.GeneralName) -> bytes:
+    """cryptography GeneralName → its DER (through pyasn1; cached)."""
+    return encode(general_name_from_x509(gn))
+
+
 @functools.lru_cache(maxsize=256)
 def _plain_general_names(der: bytes) -> Any:
     return decode(der, rfc5280.GeneralNames(), what="GeneralName")

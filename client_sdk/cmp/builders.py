@@ -94,8 +94,9 @@ def followup_header(previous_request: PKIHeader, response: PKIHeader, *,
 
 def response_header(request: PKIHeader, *, sender: Party | None = None, sender_kid: bytes | None = None,
                     implicit_confirm: bool = False, confirm_wait_time: _dt.datetime | None = None,
-                    now: _dt.datetime | None = None) -> PKIHeader:
-    """Header answering ``request``: sender defaults to the request's recipient."""
+                    now: _dt.datetime | None = None, sender_nonce: bytes | None = None) -> PKIHeader:
+    """Header answering ``request``: sender defaults to the request's recipient; ``sender_nonce``
+    defaults to a fresh one (a server that stores its nonce before answering passes it)."""
     info: list[InfoTypeAndValue] = []
     if implicit_confirm:
         info.append(InfoTypeAndValue.implicit_confirm())
@@ -109,7 +110,7 @@ def response_header(request: PKIHeader, *, sender: Party | None = None, sender_k
         sender_kid=sender_kid,
         recip_kid=request.sender_kid,
         transaction_id=request.transaction_id,
-        sender_nonce=new_nonce(),
+        sender_nonce=sender_nonce if sender_nonce is not None else new_nonce(),
         recip_nonce=request.sender_nonce,
         general_info=tuple(info),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -230,13 +231,22 @@ class PKIHeader:
 
     @classmethod
     def from_asn1(cls, value: Any) -> PKIHeader:
+        """From a pyasn1 PKIHeader, or from one decoded with :data:`LEAN_HEADER_SPEC` (then the
+        result is not cached as a pyasn1 value: :meth:`to_asn1` decodes the remembered DER)."""
         def opt_octets(name: str) -> bytes | None:
             return _asn1.octets(value[name]) if _asn1.present(value, name) else None
 
+        def party(name: str) -> x509.GeneralName:
+            v = value[name]
+            if isinstance(v, univ.Any):  # lean spec: the GeneralName's DER as received
+                return _asn1.general_name_from_der(bytes(v))
+            return _asn1.general_name_to_x509(v)
+
+        lean = isinstance(value["sender"], univ.Any)
         hdr = cls(
             pvno=int(value["pvno"]),
-            sender=_asn1.general_name_to_x509(value["sender"]),
-            recipient=_asn1.general_name_to_x509(value["recipient"]),
+            sender=party("sender"),
+            recipient=party("recipient"),
             message_time=_asn1.gentime_to_datetime(value["messageTime"]) if _asn1.present(value, "messageTime") else None,
             protection_alg=algorithm_from_asn1(value["protectionAlg"]) if _asn1.present(value, "protectionAlg") else None,
             sender_kid=opt_octets("senderKID"),
@@ -248,12 +258,52 @@ class PKIHeader:
             general_info=tuple(InfoTypeAndValue.from_asn1(i) for i in value["generalInfo"])
             if _asn1.present(value, "generalInfo") else (),
         )
+        if lean:
+            return hdr
         return _cached(hdr, value)  # type: ignore[no-any-return]
+
+    @classmethod
+    def decode(cls, der: bytes) -> PKIHeader:
+        """A PKIHeader from its DER (names go straight to cryptography, no pyasn1 pass over them);
+        :meth:`to_der` of the result returns ``der``."""
+        hdr = cls.from_asn1(_asn1.decode(der, LEAN_HEADER_SPEC.clone(), what="PKIHeader"))
+        object.__setattr__(hdr, "_der", der)
+        return hdr
+
+    def to_der(self) -> bytes:
+        """DER of this header: the received bytes of a decoded header; otherwise encoded once,
+        component by component (constant components - names, protectionAlg, generalInfo - from
+        small caches), which is byte-identical to encoding :meth:`to_asn1`."""
+        der: bytes | None = getattr(self, "_der", None)
+        if der is not None:
+            return der
+        parts = [_pvno_der(self.pvno), _asn1.general_name_der(self.sender), _asn1.general_name_der(self.recipient)]
+        if self.message_time is not None:
+            parts.append(_message_time_der(self.message_time))
+        if self.protection_alg is not None:
+            parts.append(_protection_alg_der(self.protection_alg))
+        for name, val in (("senderKID", self.sender_kid), ("recipKID", self.recip_kid),
+                          ("transactionID", self.transaction_id), ("senderNonce", self.sender_nonce),
+                          ("recipNonce", self.recip_nonce)):
+            if val is not None:
+                parts.append(_asn1.encode(_HEADER_SLOTS[name].clone(val)))
+        if self.free_text:
+            parts.append(_asn1.encode(_asn1.free_text_into(self.free_text, _HEADER_SLOTS["freeText"])))
+        if self.general_info:
+            parts.append(_general_info_der(self.general_info))
+        der = _asn1.raw_sequence_der(*parts)
+        object.__setattr__(self, "_der", der)
+        return der
 
     def to_asn1(self) -> Any:
         cached = _from_cache(self)
         if cached is not None:
             return cached
+        der: bytes | None = getattr(self, "_der", None)
+        if der is not None:  # decoded (lean) or already encoded: the exact same value
+            value = _asn1.decode(der, rfc9480.PKIHeader(), what="PKIHeader")
+            _cached(self, value)
+            return value
         h = rfc9480.PKIHeader()
         h["pvno"] = self.pvno
         h["sender"] = _asn1.general_name_from_x509(self.sender)
@@ -276,6 +326,57 @@ class PKIHeader:
             h["generalInfo"] = gi
         _cached(self, h)  # built once per (immutable) header: protection and encoding both need it
         return h
+
+
+def _lean_sequence(spec: Any, replace: dict[str, Any]) -> Any:
+    """A SEQUENCE type like ``spec`` whose components named in ``replace`` have other types
+    (e.g. ``univ.Any`` for a component that is only needed as DER)."""
+    from pyasn1.type import namedtype
+
+    fields = []
+    for nt in spec.componentType.namedTypes:
+        kind = namedtype.OptionalNamedType if nt.isOptional else \
+            namedtype.DefaultedNamedType if nt.isDefaulted else namedtype.NamedType
+        fields.append(kind(nt.name, replace.get(nt.name, nt.asn1Object)))
+    lean = type("Lean" + type(spec).__name__, (univ.Sequence,), {
+        "componentType": namedtype.NamedTypes(*fields), "tagSet": spec.tagSet, "subtypeSpec": spec.subtypeSpec})
+    return lean()
+
+
+#: PKIHeader with sender and recipient (GeneralName CHOICEs) left as DER: a pyasn1 pass over
+#: a distinguished name costs more than the rest of the header; cryptography parses them.
+LEAN_HEADER_SPEC: Final = _lean_sequence(rfc9480.PKIHeader(), {"sender": univ.Any(), "recipient": univ.Any()})
+_HEADER_SLOTS: Final = {nt.name: nt.asn1Object for nt in rfc9480.PKIHeader().componentType.namedTypes}
+
+
+@functools.lru_cache(maxsize=8)
+def _pvno_der(pvno: int) -> bytes:
+    return _asn1.encode(_HEADER_SLOTS["pvno"].clone(pvno))
+
+
+@functools.lru_cache(maxsize=16)
+def _message_time_der(when: _dt.datetime) -> bytes:
+    return _asn1.encode(_asn1.gentime_from_datetime(when, _HEADER_SLOTS["messageTime"]))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_alg_der(alg: ProtectionAlgorithm) -> bytes:
+    return _asn1.encode(algorithm_to_asn1(alg, _HEADER_SLOTS["protectionAlg"]))
+
+
+def _protection_alg_der(alg: ProtectionAlgorithm) -> bytes:
+    try:
+        return _cached_alg_der(alg)  # a server reuses its response salt: the same PBM parameters
+    except TypeError:  # unhashable parameters
+        return _asn1.encode(algorithm_to_asn1(alg, _HEADER_SLOTS["protectionAlg"]))
+
+
+@functools.lru_cache(maxsize=64)
+def _general_info_der(items: tuple[InfoTypeAndValue, ...]) -> bytes:
+    gi = _HEADER_SLOTS["generalInfo"].clone()
+    for itav in items:
+        gi.append(itav.to_asn1())
+    return _asn1.encode(gi)
 
 
 # ---- CRMF -----------------------------------------------------------------------------------
@@ -1007,7 +1108,7 @@ class PKIMessage:
         # bytes); extraCerts go straight from their DER to cryptography, never through pyasn1 types
         header_der, body_der = bytes(raw[0]), bytes(raw[1])
         body_value = _asn1.decode(body_der, rfc9480.PKIBody(), what="PKIBody")
-        header_value = _asn1.decode(header_der, rfc9480.PKIHeader(), what="PKIHeader")
+        header_value = _asn1.decode(header_der, LEAN_HEADER_SPEC.clone(), what="PKIHeader")
         protection, extra = _decode_tail([bytes(x) for x in list(raw)[2:]])
         body_name = body_value.getName()
         try:
@@ -1018,6 +1119,7 @@ class PKIMessage:
         if body_cls is None:
             raise BadRequest(f"unsupported body type {body_name}")
         header = PKIHeader.from_asn1(header_value)
+        object.__setattr__(header, "_der", header_der)
         body = body_cls.from_asn1(body_value[body_name])
         msg = cls(header=header, body=body, protection=protection, extra_certs=extra)
         object.__setattr__(msg, "_der", der)
@@ -1036,7 +1138,7 @@ class PKIMessage:
 
     def _encoded_parts(self) -> tuple[bytes, bytes]:
         if self._parts is None:
-            object.__setattr__(self, "_parts", (_asn1.encode(self.header.to_asn1()), _asn1.encode(self.body.to_asn1())))
+            object.__setattr__(self, "_parts", (self.header.to_der(), _asn1.encode(self.body.to_asn1())))
         assert self._parts is not None
         return self._parts
 
@@ -1094,7 +1196,7 @@ def decode_header_lenient(der: bytes) -> PKIHeader | None:
         if len(der) > MAX_MESSAGE_SIZE:
             return None
         raw = _asn1.decode(der, _RAW_SEQUENCE, what="PKIMessage")
-        return PKIHeader.from_asn1(_asn1.decode(bytes(raw[0]), rfc9480.PKIHeader(), what="PKIHeader"))
+        return PKIHeader.decode(bytes(raw[0]))
     except Exception:
         return None
 

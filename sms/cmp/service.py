@@ -96,7 +96,7 @@ class ReportingCmpServer(CmpServer):
             rep.auth = requester.auth.value
         return requester
 
-    def _respond(self, request: Any, out: _Outcome, requester: Requester | None) -> bytes:
+    def _respond(self, request: Any, out: _Outcome, requester: Requester | None, nonce: bytes | None = None) -> bytes:
         rep = _REPORT.get()
         if rep is not None:
             rep.response = out.body.body_type.asn1_name
@@ -106,7 +106,7 @@ class ReportingCmpServer(CmpServer):
                 rep.status = st.status.name.lower()
                 if st.fail_info:
                     rep.failure = ",".join(sorted(f.name for f in st.fail_info))
-        return super()._respond(request, out, requester)
+        return super()._respond(request, out, requester, nonce)
 
     def _remember_nonce(self, request: Any, response: Any) -> None:
         """As the base class, in one UPDATE instead of a read and a full-row write."""
@@ -119,11 +119,12 @@ class ReportingCmpServer(CmpServer):
         else:  # pragma: no cover - other stores
             super()._remember_nonce(request, response)
 
-    def _error(self, request: Any, error: cmp_errors.CmpError, requester: Requester | None) -> bytes:
+    def _error(self, request: Any, error: cmp_errors.CmpError, requester: Requester | None,
+               nonce: bytes | None = None) -> bytes:
         rep = _REPORT.get()
         if rep is not None:
             rep.failure = type(error).__name__
-        return super()._error(request, error, requester)
+        return super()._error(request, error, requester, nonce)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,94 @@
+"""The codec's fast paths give exactly what the plain pyasn1 paths give: the lean header decode
+(names as DER), the component-wise header encoding with its caches, the received certReq DER
+for POP, and the cached response parts."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from cryptography import x509
+from pyasn1_alt_modules import rfc9480
+
+from client_sdk import cmp
+from client_sdk.cmp import _asn1, builders
+from client_sdk.cmp.enums import HashAlgorithm, MacAlgorithm
+
+from .cmptools import ec_key, name
+from .conftest import Captured
+
+
+def _full_header_encoding(h: cmp.PKIHeader) -> bytes:
+    """The header encoded from its typed fields as one pyasn1 value (the reference)."""
+    fresh = dataclasses.replace(h)
+    return _asn1.encode(fresh.to_asn1())
+
+
+def _headers() -> list[cmp.PKIHeader]:
+    when = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    base = builders.request_header(sender=name("nf1.example.com"), recipient=name("CA"), sender_kid=b"ref",
+                                   implicit_confirm=True, now=when)
+    pbm = cmp.PBMParameters(salt=b"s" * 16, owf=HashAlgorithm.SHA256, iteration_count=500,
+                            mac=MacAlgorithm.HMAC_SHA256)
+    key = ec_key()
+    sig = cmp.SignatureAlgorithmId.for_key(key)
+    rsp = builders.response_header(base, sender=name("CA"), confirm_wait_time=when, now=when)
+    return [
+        base,
+        dataclasses.replace(base, protection_alg=pbm),
+        dataclasses.replace(base, protection_alg=sig, pvno=3, free_text=("hello", "wörld"), recip_nonce=b"n" * 16),
+        dataclasses.replace(rsp, protection_alg=pbm, sender_kid=b"profile"),
+        dataclasses.replace(rsp, sender=x509.UniformResourceIdentifier("https://ca.example.com/"),
+                            recipient=x509.DNSName("nf.example.com"), general_info=()),
+        builders.request_header(),  # empty names, nothing optional but time, tid and nonce
+    ]
+
+
+def test_component_wise_header_encoding_equals_the_pyasn1_encoding() -> None:
+    for h in _headers():
+        assert h.to_der() == _full_header_encoding(h)
+        again = h.to_der()  # second time from the caches
+        assert again == _full_header_encoding(h)
+
+
+def test_lean_header_decode_equals_the_full_decode(captured: Captured) -> None:
+    seen = 0
+    for label, der in captured.all():
+        msg = cmp.PKIMessage.decode(der)
+        header_der = msg.header.to_der()
+        full = cmp.PKIHeader.from_asn1(_asn1.decode(header_der, rfc9480.PKIHeader()))
+        assert msg.header == full, label
+        assert _asn1.encode(msg.header.to_asn1()) == header_der, label  # to_asn1 of a lean header
+        seen += 1
+    for h in _headers():
+        der = h.to_der()
+        assert cmp.PKIHeader.decode(der) == h
+        assert cmp.PKIHeader.decode(der).to_der() == der
+    assert seen > 10
+
+
+def test_lean_header_refuses_a_malformed_sender() -> None:
+    import pytest
+
+    from client_sdk.cmp import errors
+
+    h = builders.request_header(sender=name("nf"), recipient=name("CA"))
+    der = h.to_der()
+    sender = _asn1.general_name_der(h.sender)
+    bad = der.replace(sender, b"\x85\x03abc", 1)  # [5] ediPartyName with junk (lengths differ: fix below)
+    bad = _asn1.raw_sequence_der(*[p for p in _split(bad)])
+    with pytest.raises(errors.BadDataFormat):
+        cmp.PKIHeader.decode(bad)
+
+
+def _split(der: bytes) -> list[bytes]:
+    """The components of a SEQUENCE whose outer length may be stale (test helper only)."""
+    i = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    out = []
+    while i < len(der):
+        n, hl = der[i + 1], 2
+        if n >= 0x80:
+            k = n & 0x7F
+            n, hl = int.from_bytes(der[i + 2:i + 2 + k], "big"), 2 + k
+        out.append(der[i:i + hl + n])
+        i += hl + n
+    return out
