@@ -54,7 +54,7 @@ from ca.types import (
     UsageRecord,
 )
 
-from ..db import transaction, writer
+from ..db import RawTx, transaction, writer
 from .models import CaRow, CertificateRow, CrlRow, ProfileRow, SignatureCountRow, UsageRow
 
 T = TypeVar("T")
@@ -131,6 +131,20 @@ _CERT_COLUMNS = ("serial", "ca_name", "profile", "requester", "subject", "sans",
                  "revoked_at", "revoked_by", "invalidity_date")
 _INSERT_CERT = (f"INSERT INTO ca_certificates ({', '.join(_CERT_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(_CERT_COLUMNS))})")
+
+
+class _Inserted:
+    """The result of a certificate insert: the audit entry committed with it (a request's
+    :func:`sms.db.attach`-ed work) records the serial and profile."""
+
+    __slots__ = ("serial", "profile")
+
+    def __init__(self, serial: int, profile: str) -> None:
+        self.serial = serial
+        self.profile = profile
+
+    def audit_detail(self) -> dict[str, str]:
+        return {"serial": f"{self.serial:x}", "profile": self.profile}
 
 
 def _revocation_columns(rev: Revocation | None) -> dict[str, Any]:
@@ -295,9 +309,15 @@ class SqlCaStore:
                _ts(r.not_before), _ts(r.not_after), _ts(r.issued_at), r.key_type, r.der,
                serial_key(r.renewal_of) if r.renewal_of is not None else None, r.server_generated_key, r.is_ca,
                *_revocation_columns(r.revocation).values())
+        inserted = _Inserted(r.serial, r.profile)
+
+        def unit(tx: RawTx) -> _Inserted:
+            tx.execute(_INSERT_CERT, row)
+            return inserted
+
         w = writer(self._sessions)
         try:
-            self._retry(lambda: w.run(lambda tx: tx.execute(_INSERT_CERT, row)))
+            self._retry(lambda: w.run(unit))
         except IntegrityError:
             raise DuplicateSerial(r.serial) from None
 

@@ -188,6 +188,7 @@ class Cas(MethodView):
     @body_limit(MAX_JSON_BYTES)
     @blp.arguments(sch.CaCreateSchema)
     @guard(Capability.CREATE, lambda **kw: "ca/" + _body_name(), action="ca.create")
+    @blp.alt_response(201, success=True, description="the new CA")
     def post(self, body: dict[str, Any]) -> Any:
         """Create a CA: ``type`` root (key generated in the token, self-signed), intermediate
         (signed by ``parent``) or import (certificate + private key; the key becomes a
@@ -313,6 +314,8 @@ def _sign_path(name: str, **_kw: Any) -> str:
 @blp.route("/<string:name>/sign", methods=["POST"])
 @body_limit(MAX_CSR_BYTES * 2)
 @guard(Capability.SIGN, _sign_path, action="ca.sign")
+@blp.alt_response(201, success=True, content_type=PEM_CHAIN,  # the audit entry commits with the certificate
+                  description="the certificate and the intermediates (or DER, PKCS#7, JSON)")
 def sign(name: str) -> Response:
     """Sign a PKCS#10 CSR under a profile. Body: the CSR as ``application/pkcs10`` (PEM or DER;
     ``?profile=`` and optional ``validity_days``, ``format``) or JSON ``{"csr", "profile",
@@ -332,6 +335,8 @@ def sign(name: str) -> Response:
 @body_limit(MAX_JSON_BYTES)
 @blp.arguments(sch.KeygenSchema)
 @guard(Capability.SIGN, lambda name, **kw: f"ca/{name}/sign/{_json_field('profile')}", action="ca.keygen")
+@blp.alt_response(201, success=True, content_type="application/pkcs12",
+                  description="the key, certificate and chain as PKCS#12 under the caller's password")
 def keygen(body: dict[str, Any], name: str) -> Response:
     """Server-side key generation — the LESS SAFE path, for callers that cannot make keys: a
     key pair is made in software, certified under the profile, and returned once as PKCS#12

@@ -368,3 +368,23 @@ def test_policies_requester_usage_report_and_audit(client: Any, services: Any, r
     entries = services.audit.entries(after=0, limit=1000)
     seen = {(e["action"] if isinstance(e, dict) else e.action) for e in entries}
     assert {"ca.sign", "ca.create", "ca.report", "ca.cert.usage"} <= seen
+
+
+def test_a_signing_is_audited_once_with_its_serial_in_the_certificate_transaction(
+        client: Any, services: Any, root_headers: dict[str, str], cas: tuple[str, str]) -> None:
+    _root, sub = cas
+    before = services.audit.entries(after=0, limit=100_000)
+    last = before[-1]["seq"] if before else 0
+    r = sign(client, root_headers, sub, make_csr(name("audited.example.com"), dns=["audited.example.com"]))
+    assert r.status_code == 201, r.get_data(as_text=True)
+    serial = load_chain(r.data)[0].serial_number
+    entries = [e for e in services.audit.entries(after=last, limit=1000) if e["action"] == "ca.sign"]
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert entry["status"] == 201 and entry["outcome"] == "ok" and entry["resource"] == f"ca/{sub}/sign/tls-server"
+    assert entry["detail"]["serial"] == f"{serial:x}" and entry["detail"]["profile"] == "tls-server"
+
+    bad = sign(client, root_headers, sub, b"not a csr")
+    assert bad.status_code == 400
+    failed = [e for e in services.audit.entries(after=entry["seq"], limit=1000) if e["action"] == "ca.sign"]
+    assert len(failed) == 1 and failed[0]["status"] == 400 and "serial" not in failed[0]["detail"]
