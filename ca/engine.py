@@ -61,7 +61,15 @@ from .errors import (
     Violation,
     ViolationCode,
 )
-from .policy import Plan, distribution_extensions, end_entity_extensions, evaluate, issuer_ski, san_strings
+from .policy import (
+    Plan,
+    distribution_extensions,
+    evaluate,
+    issuer_ski,
+    profile_extensions,
+    san_strings,
+    subject_extensions,
+)
 from .profiles import Profile, builtin_profiles
 from .repository import CaRepository, CertificateRepository
 from .signer import KeyProvider, SigningKey, counting_key, signature_hash
@@ -206,6 +214,20 @@ def _check_ca_name(name: str) -> None:
 def parse_csr(data: bytes | x509.CertificateSigningRequest) -> x509.CertificateSigningRequest:
     """Parse (PEM or DER) and verify a CSR's self-signature. Raises InvalidCsr or
     CsrSignatureInvalid."""
+    return _read_csr(data).csr
+
+
+@dataclass(frozen=True)
+class _Csr:
+    """A verified CSR and its parts, each decoded once."""
+
+    csr: x509.CertificateSigningRequest
+    public_key: PublicKeyTypes
+    subject: x509.Name
+    extensions: tuple[x509.Extension[x509.ExtensionType], ...]
+
+
+def _read_csr(data: bytes | x509.CertificateSigningRequest) -> _Csr:
     if isinstance(data, x509.CertificateSigningRequest):
         csr = data
     else:
@@ -223,14 +245,40 @@ def parse_csr(data: bytes | x509.CertificateSigningRequest) -> x509.CertificateS
             raise InvalidCsr(f"not a PKCS#10 request ({exc})") from None
     try:
         valid = csr.is_signature_valid
-        csr.public_key()
-        list(csr.extensions)
-        csr.subject.rdns  # noqa: B018 - force decoding
+        out = _Csr(csr=csr, public_key=csr.public_key(), extensions=tuple(csr.extensions), subject=csr.subject)
+        out.subject.rdns  # noqa: B018 - force decoding
     except (ValueError, UnsupportedAlgorithm, TypeError) as exc:
         raise InvalidCsr(str(exc)) from None
     if not valid:
         raise CsrSignatureInvalid()
-    return csr
+    return out
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    """What every certificate a CA record signs repeats, derived once per record object (a
+    repository hands out a new object when the CA changes, which drops this)."""
+
+    record: CaRecord
+    subject: x509.Name
+    not_before: dt.datetime
+    not_after: dt.datetime
+    ski: x509.SubjectKeyIdentifier
+    signer: SigningKey
+    hash_alg: hashes.SHA256 | hashes.SHA384
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A certificate builder holding the issuer name and the extensions a profile gives every
+    certificate of one key type, for one issuer record and one profile object."""
+
+    issuer: _Issuer
+    profile: Profile
+    builder: x509.CertificateBuilder
+
+
+_CACHE_LIMIT: Final = 1024  # issuers / templates kept per engine (all dropped when exceeded)
 
 
 class CaEngine:
@@ -248,6 +296,8 @@ class CaEngine:
         self._serial_attempts = serial_attempts
         self._lock = threading.Lock()
         self._key_cache: dict[tuple[str, str, SignatureKind], SigningKey] = {}
+        self._issuers: dict[str, _Issuer] = {}
+        self._templates: dict[tuple[str, str, KeyType], _Template] = {}
 
     @property
     def certificates(self) -> CertificateRepository:
@@ -277,6 +327,39 @@ class CaEngine:
             with self._lock:
                 self._key_cache[k] = key
         return key
+
+    def _issuer(self, ca: CaRecord) -> _Issuer:
+        """The signing context of ``ca``, rebuilt when the repository returns another record."""
+        issuer = self._issuers.get(ca.name)
+        if issuer is not None and issuer.record is ca:
+            return issuer
+        cert = ca.certificate
+        issuer = _Issuer(record=ca, subject=cert.subject, not_before=cert.not_valid_before_utc,
+                         not_after=cert.not_valid_after_utc, ski=issuer_ski(cert),
+                         signer=self._key(ca.name, ca.key_label, SignatureKind.CERTIFICATE),
+                         hash_alg=signature_hash(ca.key_type))
+        with self._lock:
+            if len(self._issuers) >= _CACHE_LIMIT:
+                self._issuers.clear()
+            self._issuers[ca.name] = issuer
+        return issuer
+
+    def _template(self, issuer: _Issuer, profile: Profile, key_type: KeyType) -> x509.CertificateBuilder:
+        """The builder with ``issuer``'s name and ``profile``'s extensions for ``key_type`` keys,
+        rebuilt when the issuer record or the profile object changes (a repository hands out a
+        new object after a write)."""
+        k = (issuer.record.name, profile.name, key_type)
+        t = self._templates.get(k)
+        if t is not None and t.issuer is issuer and t.profile is profile:
+            return t.builder
+        builder = x509.CertificateBuilder().issuer_name(issuer.subject)
+        for ext, critical in profile_extensions(profile, key_type, issuer_ski=issuer.ski):
+            builder = builder.add_extension(ext, critical)
+        with self._lock:
+            if len(self._templates) >= _CACHE_LIMIT:
+                self._templates.clear()
+            self._templates[k] = _Template(issuer=issuer, profile=profile, builder=builder)
+        return builder
 
     def _generate_key(self, label: str | None, prefix: str, name: str, key_type: KeyType) -> str:
         if not isinstance(key_type, KeyType) or not key_type.is_asymmetric:
@@ -581,9 +664,9 @@ class CaEngine:
         broken rules; nothing is signed or recorded then). Raises CaNotFound, ProfileNotFound,
         CaNotUsable, SerialExhausted; HsmError from the token."""
         req = request
-        csr = parse_csr(req.csr)
+        csr = _read_csr(req.csr)
         return self._issue(ca_name=req.ca, profile_name=req.profile, subject=csr.subject,
-                           public_key=csr.public_key(), sans=(), extensions=tuple(csr.extensions),
+                           public_key=csr.public_key, sans=(), extensions=csr.extensions,
                            requester=req.requester, validity=req.validity, not_after=req.not_after,
                            renewal_of=req.renewal_of)
 
@@ -639,31 +722,37 @@ class CaEngine:
         ca = self._cas.get_ca(ca_name)
         profile = self._cas.get_profile(ca_name, profile_name)
         now = self.now()
-        self._require_usable(ca, now)
+        issuer = self._issuer(ca)
+        if now < issuer.not_before:
+            raise CaNotUsable(ca.name, "its certificate is not valid yet")
+        if now >= issuer.not_after:
+            raise CaNotUsable(ca.name, "its certificate has expired")
         if renewal_of is not None:
             self._certs.get(renewal_of)  # UnknownSerial if it never existed
-        ca_cert = ca.certificate
-        plan = evaluate(profile, ca_certificate=ca_cert, subject=subject, public_key=public_key, sans=sans,
+        plan = evaluate(profile, ca_certificate=ca.certificate, subject=subject, public_key=public_key, sans=sans,
                         extensions=extensions, validity=validity, not_after=not_after, now=now,
                         server_keygen=server_generated)
         assert isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))  # evaluate() admits no other
-        exts = end_entity_extensions(profile, plan, public_key=public_key, issuer_ski=issuer_ski(ca_cert))
-        signer = self._key(ca.name, ca.key_label, SignatureKind.CERTIFICATE)
-        hash_alg = signature_hash(ca.key_type)
+        builder = (self._template(issuer, profile, plan.key_type).subject_name(plan.subject).public_key(public_key)
+                   .not_valid_before(plan.not_before).not_valid_after(plan.not_after))
+        for ext, critical in subject_extensions(plan, public_key=public_key):
+            builder = builder.add_extension(ext, critical)
+        sans_text = san_strings(plan.sans)
 
         def build(serial: int) -> x509.Certificate:
-            b = (x509.CertificateBuilder().subject_name(plan.subject).issuer_name(ca_cert.subject)
-                 .public_key(public_key).serial_number(serial)
-                 .not_valid_before(plan.not_before).not_valid_after(plan.not_after))
-            for ext, critical in exts:
-                b = b.add_extension(ext, critical)
-            return b.sign(signer, hash_alg)
+            return builder.serial_number(serial).sign(issuer.signer, issuer.hash_alg)
 
-        cert, record = self._store_new(build, lambda c: self._record(
-            c, ca_name=ca.name, profile=profile.name, requester=requester, sans=plan.sans, now=now,
-            renewal_of=renewal_of, server_generated=server_generated, plan=plan))
-        log.info("issued %#x under %s/%s for %r", record.serial, ca.name, profile.name, requester)
-        return IssuedCertificate(record=record, certificate=cert, chain=ca.chain)
+        def record(cert: x509.Certificate) -> CertificateRecord:
+            return CertificateRecord(
+                serial=cert.serial_number, ca_name=ca.name, profile=profile.name, requester=requester,
+                subject=cert.subject.rfc4514_string(), sans=sans_text, not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc, issued_at=now, key_type=plan.key_type.value,
+                der=cert.public_bytes(serialization.Encoding.DER), renewal_of=renewal_of,
+                server_generated_key=server_generated)
+
+        cert, rec = self._store_new(build, record)
+        log.info("issued %#x under %s/%s for %r", rec.serial, ca.name, profile.name, requester)
+        return IssuedCertificate(record=rec, certificate=cert, chain=ca.chain)
 
     def _record(self, cert: x509.Certificate, *, ca_name: str, profile: str, requester: str,
                 sans: Sequence[x509.GeneralName], now: dt.datetime, renewal_of: int | None = None,

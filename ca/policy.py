@@ -281,18 +281,34 @@ def evaluate(profile: Profile, *, ca_certificate: x509.Certificate, subject: x50
 def end_entity_extensions(profile: Profile, plan: Plan, *, public_key: CertificatePublicKeyTypes,
                           issuer_ski: x509.SubjectKeyIdentifier
                           ) -> list[tuple[x509.ExtensionType, bool]]:
-    """(extension, critical) pairs for an end-entity certificate under ``profile``."""
+    """(extension, critical) pairs for an end-entity certificate under ``profile``: those the
+    profile and the issuer decide (:func:`profile_extensions`), then those of the subject
+    (:func:`subject_extensions`)."""
+    return [*profile_extensions(profile, plan.key_type, issuer_ski=issuer_ski),
+            *subject_extensions(plan, public_key=public_key)]
+
+
+def profile_extensions(profile: Profile, key_type: KeyType, *, issuer_ski: x509.SubjectKeyIdentifier
+                       ) -> list[tuple[x509.ExtensionType, bool]]:
+    """The extensions every certificate of ``profile`` for a ``key_type`` key carries from this
+    issuer: basicConstraints, keyUsage, extendedKeyUsage, AKI, CRL distribution point, AIA."""
     exts: list[tuple[x509.ExtensionType, bool]] = []
     if profile.basic_constraints:
         exts.append((x509.BasicConstraints(ca=False, path_length=None), True))
-    exts.append((key_usage_extension(plan.key_usage), True))
+    exts.append((key_usage_extension(effective_key_usage(profile, key_type)), True))
     if profile.extended_key_usage:
         exts.append((x509.ExtendedKeyUsage([e.oid for e in profile.extended_key_usage]), False))
+    exts.append((x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), False))
+    exts.extend(distribution_extensions(profile.crl_url, profile.ocsp_url, profile.ca_issuers_url))
+    return exts
+
+
+def subject_extensions(plan: Plan, *, public_key: CertificatePublicKeyTypes) -> list[tuple[x509.ExtensionType, bool]]:
+    """The extensions of this subject: its SANs (critical when the subject is empty) and its SKI."""
+    exts: list[tuple[x509.ExtensionType, bool]] = []
     if plan.sans:
         exts.append((x509.SubjectAlternativeName(list(plan.sans)), len(plan.subject) == 0))
     exts.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))
-    exts.append((x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), False))
-    exts.extend(distribution_extensions(profile.crl_url, profile.ocsp_url, profile.ca_issuers_url))
     return exts
 
 
@@ -328,4 +344,5 @@ def is_ec_or_rsa(key: object) -> bool:
 
 
 __all__ = ["BACKDATE", "Plan", "distribution_extensions", "effective_key_usage", "end_entity_extensions",
-           "evaluate", "is_dns_name", "issuer_ski", "key_usage_extension", "san_strings"]
+           "evaluate", "is_dns_name", "issuer_ski", "key_usage_extension", "profile_extensions", "san_strings",
+           "subject_extensions"]

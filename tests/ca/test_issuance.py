@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -17,6 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ca import (
     AttributeRule,
     CaEngine,
+    CaNotUsable,
+    CaRecord,
     CertificateQuery,
     CreateRootRequest,
     CsrSignatureInvalid,
@@ -375,3 +379,82 @@ def test_concurrent_issuance_from_several_threads_records_every_certificate_once
 
 def _serials_of(records: list) -> set[int]:  # type: ignore[type-arg]
     return {r.serial for r in records}
+
+
+def test_a_replaced_profile_applies_to_the_next_certificate_and_a_deleted_one_to_none(engine: CaEngine,
+                                                                                      root) -> None:
+    """The engine keeps a prepared builder per issuer, profile and key type: a profile written
+    again (or deleted) must not leave the old one in use."""
+    def profile(**kw: object) -> Profile:
+        base: dict[str, object] = dict(
+            name="svc", ca="root", key_types=frozenset({KeyType.EC_P256, KeyType.RSA_2048}),
+            default_validity=dt.timedelta(days=7), max_validity=dt.timedelta(days=30),
+            key_usage=frozenset({KeyUsageBit.DIGITAL_SIGNATURE, KeyUsageBit.KEY_ENCIPHERMENT}),
+            extended_key_usage=(ExtendedKeyUsage.SERVER_AUTH,), subject={SubjectAttr.CN: AttributeRule()},
+            san={SanType.DNS: SanRule()}, crl_url="http://pki.example.com/crl/a.crl")
+        return Profile(**{**base, **kw})  # type: ignore[arg-type]
+
+    def issue(key_type: KeyType = KeyType.EC_P256) -> x509.Certificate:
+        return engine.issue(IssueRequest(ca="root", profile="svc", requester="t", csr=make_csr(
+            name("a.example.com"), dns=["a.example.com"], key=leaf_key(key_type)))).certificate
+
+    engine.put_profile(profile())
+    first = issue()
+    assert first.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.SERVER_AUTH])
+    assert first.extensions.get_extension_for_class(x509.BasicConstraints).critical
+    # the key usages follow the key type under one profile (keyEncipherment is dropped for EC keys)
+    assert not first.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+    assert issue(KeyType.RSA_2048).extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+    assert issue().extensions.get_extension_for_class(x509.CRLDistributionPoints).value[0].full_name == [
+        x509.UniformResourceIdentifier("http://pki.example.com/crl/a.crl")]
+
+    engine.put_profile(profile(extended_key_usage=(ExtendedKeyUsage.CLIENT_AUTH,), basic_constraints=False,
+                               crl_url="http://pki.example.com/crl/b.crl"))
+    second = issue()
+    assert second.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.CLIENT_AUTH])
+    assert x509.BasicConstraints.oid not in {e.oid for e in second.extensions}
+    assert second.extensions.get_extension_for_class(x509.CRLDistributionPoints).value[0].full_name == [
+        x509.UniformResourceIdentifier("http://pki.example.com/crl/b.crl")]
+
+    engine.delete_profile("root", "svc")
+    with pytest.raises(ProfileNotFound):
+        issue()
+
+
+def test_a_changed_ca_record_is_used_at_once(engine: CaEngine, repo: MemoryRepository, root) -> None:
+    """The engine derives the issuer name, key id and validity once per CA record: when the
+    repository hands out another record for the CA (here its certificate, re-issued for the same
+    key, has expired) the next issuance follows it."""
+    issued = engine.issue(IssueRequest(ca="root", profile="tls-server", requester="t",
+                                       csr=make_csr(name("a.example.com"), dns=["a.example.com"])))
+    assert issued.certificate.issuer == root.certificate.subject
+
+    now = engine.now()
+    old = root.certificate
+    expired = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.subject)
+               .public_key(old.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=30)).not_valid_after(now - dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .sign(engine.signing_key("root"), hashes.SHA256()))
+
+    class Renewed:
+        """The test's repository, handing out the re-issued record for ``root``."""
+
+        def __init__(self, record: CaRecord) -> None:
+            self.record = record
+
+        def get_ca(self, name_: str) -> CaRecord:
+            return self.record if name_ == "root" else repo.get_ca(name_)
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(repo, attr)
+
+    renewed = CaEngine(keys=engine._keys, cas=Renewed(root), certificates=repo)  # type: ignore[arg-type]
+    assert renewed.issue(IssueRequest(ca="root", profile="tls-server", requester="t", csr=make_csr(
+        name("b.example.com"), dns=["b.example.com"]))).certificate.issuer == old.subject
+    renewed._cas.record = replace(root, certificate_der=expired.public_bytes(serialization.Encoding.DER))  # type: ignore[attr-defined]
+    with pytest.raises(CaNotUsable):
+        renewed.issue(IssueRequest(ca="root", profile="tls-server", requester="t",
+                                   csr=make_csr(name("c.example.com"), dns=["c.example.com"])))
