@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 
+from . import fastpath
 from .config import Settings
 from .runtime import Services, build_services
 from .web import (
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.before_request(assign_request_id)
     app.after_request(add_common_headers)
     app.after_request(record_audit)  # runs first (after_request is LIFO)
+    fastpath.install(app, svc)
     return app
 
 

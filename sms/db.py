@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from .groupcommit import GroupCommit, GroupCommitError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,6 +144,10 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # A pooled connection per busy thread: opening one costs its PRAGMAs (WAL mode, ...), so
+        # the pool keeps as many as the server's threads use (plus the group-commit leaders).
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 20)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         database = engine.url.database
         _WRITE_LOCKS[engine] = SqliteWriteLock(
@@ -302,15 +306,50 @@ def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = Tr
 def read_one(factory: sessionmaker[Session] | Engine, sql: str, params: Sequence[Any] = ()) -> Any:
     """The first row (or None) of one SELECT, without an explicit transaction: a single
     statement is atomic by itself (SQLite runs it in autocommit; on PostgreSQL the pool's
-    reset-on-return ends the implicit transaction). Saves BEGIN/COMMIT on hot reads."""
+    reset-on-return ends the implicit transaction). Saves BEGIN/COMMIT on hot reads.
+
+    On SQLite each thread keeps one pooled connection for these reads (no pool checkout and
+    reset per read); it is dropped on any error and after a fork."""
     engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
     dialect = engine.dialect
     assert dialect.dbapi is not None
+    if dialect.name == "sqlite" and isinstance(engine.pool, QueuePool):  # a database file
+        conn = _thread_reader(engine)
+        try:
+            return RawTx(conn.cursor(), "sqlite", dialect.paramstyle, dialect.dbapi.Error).one(sql, params)
+        except BaseException:
+            _drop_thread_reader(engine)
+            raise
     conn = engine.raw_connection()
     try:
         return RawTx(conn.cursor(), dialect.name, dialect.paramstyle, dialect.dbapi.Error).one(sql, params)
     finally:
         conn.close()
+
+
+_READERS = threading.local()
+
+
+def _thread_reader(engine: Engine) -> Any:
+    readers: weakref.WeakKeyDictionary[Engine, tuple[int, Any]] | None = getattr(_READERS, "by_engine", None)
+    if readers is None:
+        readers = _READERS.by_engine = weakref.WeakKeyDictionary()
+    entry = readers.get(engine)
+    if entry is not None and entry[0] == os.getpid():
+        return entry[1]
+    conn = engine.raw_connection()
+    readers[engine] = (os.getpid(), conn)
+    return conn
+
+
+def _drop_thread_reader(engine: Engine) -> None:
+    readers = getattr(_READERS, "by_engine", None)
+    entry = readers.pop(engine, None) if readers is not None else None
+    if entry is not None and entry[0] == os.getpid():
+        try:
+            entry[1].invalidate()
+        except Exception:  # noqa: BLE001 - already broken
+            pass
 
 
 class _Failed:

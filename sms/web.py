@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ from .audit.service import AuditEvent
 from .db import attach
 from .auth.policy import Capability
 from .auth.service import Identity
+from .fastpath import new_request_id
 from .errors import PROBLEM_TYPES, Unauthenticated, classify, problem_for_status
 from .runtime import Services
 
@@ -282,7 +282,7 @@ def buffered_body(app: Callable[..., Any]) -> Callable[..., Any]:
 
 def assign_request_id() -> None:
     rid = str(request.environ.get("HTTP_X_REQUEST_ID", ""))
-    g.request_id = rid if _REQUEST_ID_RE.match(rid) else secrets.token_hex(8)
+    g.request_id = rid if _REQUEST_ID_RE.match(rid) else new_request_id()
 
 
 def add_common_headers(response: Response) -> Response:

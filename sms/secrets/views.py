@@ -421,8 +421,10 @@ def _on_register(state: Any) -> None:
     for rule, methods in (("/v1/domains/<string:domain>/secrets/<path:rest>", ["GET", "PUT", "PATCH", "DELETE", "POST"]),):
         app.add_url_rule(rule, endpoint="secrets_bad_name", view_func=_slash_in_name, methods=methods)
     app.before_request(_check_json_depth)
+    from . import fast
     from .onap import install_identity_resolvers
 
+    fast.register(app)
     install_identity_resolvers(app)
 
 
