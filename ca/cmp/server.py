@@ -33,6 +33,7 @@ from client_sdk.cmp import (
     InfoTypeAndValue,
     P10crBody,
     PBMParameters,
+    PbmKeyCache,
     PKIHeader,
     PKIMessage,
     PKIStatusInfo,
@@ -42,6 +43,7 @@ from client_sdk.cmp import (
     builders,
     errors,
     pbm_base_key,
+    pbm_parameters,
     protect_with_pbm,
     protect_with_signature,
     protection_certificate,
@@ -97,6 +99,10 @@ class CmpServer:
         self.signer = signer
         self._clock = clock
         self._pbm_keys: dict[bytes, tuple[float, bytes, bytes]] = {}  # senderKID -> (until, salt, BASEKEY)
+        # BASEKEYs of requests per (senderKID, salt, ...): a client that reuses its salt (as this
+        # server does, and csm's SDK client) costs one derivation per salt. The server object is
+        # rebuilt when its profile (and so a secret) changes, which drops both caches.
+        self._request_pbm_keys = PbmKeyCache()
         # handlers get the request, the authenticated requester and the senderNonce the response
         # will carry (so that it is stored with the handler's own transaction write)
         self._dispatch: dict[BodyType, Callable[[PKIMessage, Requester, bytes], _Outcome]] = {
@@ -151,10 +157,14 @@ class CmpServer:
         if kind is ProtectionKind.UNSUPPORTED:
             verify_pbm(msg, b"")  # raises BadAlg with the reason
         if kind is ProtectionKind.MAC:
-            secret = p.shared_secrets.get(h.sender_kid or b"") if h.sender_kid is not None else None
-            if secret is None:
+            kid = h.sender_kid
+            secrets = p.shared_secrets
+            if kid is None or kid not in secrets:
                 raise errors.BadMessageCheck("unknown reference (senderKID) for MAC-based protection")
-            verify_pbm(msg, secret, max_iterations=p.pbm_max_iterations, min_iterations=p.pbm_min_iterations)
+            bounds = {"max_iterations": p.pbm_max_iterations, "min_iterations": p.pbm_min_iterations}
+            params = pbm_parameters(msg, **bounds)  # bounds first: nothing is derived for absurd counts
+            key = self._request_pbm_keys.get(kid, params, lambda: secrets[kid])
+            verify_pbm(msg, b"", base_key=key, **bounds)
             return Requester(p.name, AuthKind.MAC, h.sender, h.sender_kid)
         signer = protection_certificate(msg)
         if signer is None:

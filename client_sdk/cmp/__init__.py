@@ -64,9 +64,11 @@ from .messages import (
 )
 from .pop import sign_pop, verify_pop
 from .protection import (
+    PbmKeyCache,
     ProtectionKind,
     pbm_base_key,
     pbm_mac,
+    pbm_parameters,
     protect_with_pbm,
     protect_with_signature,
     protection_certificate,
@@ -86,6 +88,7 @@ __all__ = [
     "PollRepEntry", "PollReqBody", "PopKind", "ProofOfPossession", "ProtectionKind", "PssParameters", "Pvno",
     "RevDetails", "RevocationReason", "RpBody", "RrBody", "SignatureAlgorithm", "SignatureAlgorithmId",
     "Transport", "UnknownAlgorithm", "builders", "decode_header_lenient", "errors", "pbm_base_key", "pbm_mac",
+    "pbm_parameters", "PbmKeyCache",
     "protect_with_pbm", "protect_with_signature", "protection_certificate", "protection_kind", "sign_pop",
     "subject_key_id", "verify_chain", "verify_pbm", "verify_pop", "verify_signature",
 ]

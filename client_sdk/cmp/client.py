@@ -9,6 +9,7 @@ checks ONAP CertService skipped.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from . import builders
-from .algorithms import DEFAULT_PBM_ITERATIONS
+from .algorithms import DEFAULT_PBM_ITERATIONS, PBMParameters
 from .enums import BodyType, FailureInfo, HashAlgorithm, InfoType, MacAlgorithm, PKIStatus, RevocationReason
 from .errors import (
     BadDataFormat,
@@ -50,7 +51,10 @@ from .messages import (
     RpBody,
 )
 from .protection import (
+    PbmKeyCache,
     ProtectionKind,
+    pbm_base_key,
+    pbm_parameters,
     protect_with_pbm,
     protect_with_signature,
     protection_certificate,
@@ -143,7 +147,8 @@ class CmpClient:
                  server_cert: x509.Certificate | None = None,
                  pbm_owf: HashAlgorithm = HashAlgorithm.SHA256, pbm_mac: MacAlgorithm = MacAlgorithm.HMAC_SHA256,
                  pbm_iterations: int = DEFAULT_PBM_ITERATIONS, implicit_confirm: bool = False,
-                 total_timeout: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 total_timeout: float = 300.0, sleep: Callable[[float], None] = time.sleep,
+                 pbm_salt_lifetime: float = 60.0) -> None:
         if secret is None and (key is None or cert is None):
             raise ValueError("give either secret (PBM) or key and cert (signature)")
         if secret is None and not trusted and server_cert is None:
@@ -164,6 +169,12 @@ class CmpClient:
         self.implicit_confirm = implicit_confirm
         self.total_timeout = total_timeout
         self._sleep = sleep
+        # PBM: our random salt (and so its derived BASEKEY) is reused for pbm_salt_lifetime seconds
+        # (0: a fresh salt per message); BASEKEYs of responses are kept per salt (a server may
+        # reuse its salt too). Derived keys only, never more than the secret they come from.
+        self.pbm_salt_lifetime = pbm_salt_lifetime
+        self._pbm_salt: tuple[float, bytes, bytes] | None = None  # (until, salt, BASEKEY)
+        self._response_keys = PbmKeyCache(max_entries=64)
 
     # ---- public flows ----------------------------------------------------------------------
 
@@ -227,10 +238,23 @@ class CmpClient:
         if signer is not None:
             return protect_with_signature(msg, signer[0], cert=signer[1], chain=self.chain)
         if self.secret is not None:
+            salt, base_key = self._request_salt()
             return protect_with_pbm(msg, self.secret, sender_kid=self.reference, owf=self.pbm_owf,
-                                    mac=self.pbm_mac, iteration_count=self.pbm_iterations)
+                                    mac=self.pbm_mac, iteration_count=self.pbm_iterations, salt=salt,
+                                    base_key=base_key)
         assert self.key is not None and self.cert is not None
         return protect_with_signature(msg, self.key, cert=self.cert, chain=self.chain)
+
+    def _request_salt(self) -> tuple[bytes | None, bytes | None]:
+        if self.pbm_salt_lifetime <= 0 or self.secret is None:
+            return None, None
+        now = time.monotonic()
+        if self._pbm_salt is None or self._pbm_salt[0] <= now:
+            salt = os.urandom(16)
+            params = PBMParameters(salt=salt, owf=self.pbm_owf, iteration_count=self.pbm_iterations,
+                                   mac=self.pbm_mac)
+            self._pbm_salt = (now + self.pbm_salt_lifetime, salt, pbm_base_key(self.secret, params))
+        return self._pbm_salt[1], self._pbm_salt[2]
 
     def _exchange(self, msg: PKIMessage, *, expect: tuple[BodyType, ...]) -> PKIMessage:
         rsp = PKIMessage.decode(self.transport.send(msg.encode()))
@@ -259,7 +283,9 @@ class CmpClient:
         if kind is ProtectionKind.MAC:
             if self.secret is None:
                 raise WrongIntegrity("MAC-protected response but no shared secret configured")
-            verify_pbm(rsp, self.secret)
+            secret = self.secret
+            params = pbm_parameters(rsp)  # bounds checked before any derivation
+            verify_pbm(rsp, secret, base_key=self._response_keys.get(b"", params, lambda: secret))
             return
         if kind is ProtectionKind.SIGNATURE:
             signer = self.server_cert or protection_certificate(rsp)

@@ -11,6 +11,7 @@ import enum
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -103,9 +104,10 @@ def protect_with_pbm(msg: PKIMessage, secret: bytes, *, sender_kid: bytes | None
     return unprotected.with_protection(pbm_mac(secret, params, unprotected.protected_part(), base_key=base_key))
 
 
-def verify_pbm(msg: PKIMessage, secret: bytes, *, max_iterations: int = MAX_PBM_ITERATIONS,
-               min_iterations: int = MIN_PBM_ITERATIONS) -> None:
-    """Check a PBM-protected message. Raises BadMessageCheck / WrongIntegrity / BadAlg."""
+def pbm_parameters(msg: PKIMessage, *, max_iterations: int = MAX_PBM_ITERATIONS,
+                   min_iterations: int = MIN_PBM_ITERATIONS) -> PBMParameters:
+    """The PBM parameters of a MAC-protected message, checked against the iteration bounds (before
+    anything is derived). Raises BadMessageCheck / WrongIntegrity / BadAlg like :func:`verify_pbm`."""
     alg = msg.header.protection_alg
     if alg is None or msg.protection is None:
         raise BadMessageCheck("message is not protected")
@@ -117,8 +119,44 @@ def verify_pbm(msg: PKIMessage, secret: bytes, *, max_iterations: int = MAX_PBM_
         raise BadAlg(f"PBM iterationCount {alg.iteration_count} exceeds {max_iterations}")
     if alg.iteration_count < min_iterations:
         raise BadAlg(f"PBM iterationCount {alg.iteration_count} is below {min_iterations}")
-    expected = pbm_mac(secret, alg, msg.protected_part())
-    if not hmac.compare_digest(expected, msg.protection):
+    return alg
+
+
+class PbmKeyCache:
+    """BASEKEYs (:func:`pbm_base_key`) per (reference, PBM parameters), so that the iterations are
+    paid once per salt, not per message, when a peer reuses its salt. Holds derived keys, never
+    the secrets (``secret`` is called only on a miss); bounded (emptied when full). Entries are
+    derived from the real secret, so a caller-chosen salt can only cost one derivation. The
+    owner drops the cache when a secret changes."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._keys: dict[tuple[bytes, PBMParameters], bytes] = {}
+        self._max = max_entries
+
+    def get(self, reference: bytes, params: PBMParameters, secret: Callable[[], bytes]) -> bytes:
+        k = (reference, params)
+        key = self._keys.get(k)
+        if key is None:
+            key = pbm_base_key(secret(), params)
+            if len(self._keys) >= self._max:
+                self._keys.clear()
+            self._keys[k] = key
+        return key
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def verify_pbm(msg: PKIMessage, secret: bytes, *, max_iterations: int = MAX_PBM_ITERATIONS,
+               min_iterations: int = MIN_PBM_ITERATIONS, base_key: bytes | None = None) -> None:
+    """Check a PBM-protected message. Raises BadMessageCheck / WrongIntegrity / BadAlg.
+
+    ``base_key``: :func:`pbm_base_key` of the secret for exactly this message's parameters (see
+    :func:`pbm_parameters`), for a caller that caches derivations per salt; ``secret`` is then unused.
+    """
+    alg = pbm_parameters(msg, max_iterations=max_iterations, min_iterations=min_iterations)
+    expected = pbm_mac(secret, alg, msg.protected_part(), base_key=base_key)
+    if not hmac.compare_digest(expected, msg.protection or b""):
         raise BadMessageCheck("MAC-based protection does not verify")
 
 

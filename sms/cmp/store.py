@@ -204,6 +204,9 @@ class SealedSecrets(Mapping[bytes, bytes]):
         ref, blob = self._sealed[kid]
         return self._sealer.open(self._profile, ref, blob)
 
+    def __contains__(self, kid: object) -> bool:  # no decryption to answer "is there one"
+        return kid in self._sealed
+
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._sealed)
 

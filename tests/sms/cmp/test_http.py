@@ -168,3 +168,31 @@ def test_a_changed_secret_never_meets_the_cached_response_mac_key(env: CmpEnv) -
     with pytest.raises(cmp.errors.BadMessageCheck):
         cmp.verify_pbm(c, SECRET.encode())
     assert salt(c) != salt(a)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_changed_secret_never_meets_a_cached_request_mac_key(env: CmpEnv) -> None:
+    """Request BASEKEYs are cached per (senderKID, salt): after a secret change a request MAC'd
+    with the old secret and an already-cached salt is refused, one with the new secret accepted."""
+    from client_sdk.cmp import builders
+    from tests.client_sdk.cmptools import ec_key, name
+
+    salt = b"r" * 16
+    new_secret = "pbm-Secret-4713-rotated"
+
+    def send(secret: str) -> cmp.PKIMessage:
+        body = cmp.IrBody((builders.cert_request(ec_key(), subject=name("salt.example.com")),))
+        req = cmp.protect_with_pbm(cmp.PKIMessage(builders.request_header(recipient=env.issuing.certificate.subject),
+                                                  body), secret.encode(), sender_kid=REF.encode(), iteration_count=500,
+                                   salt=salt)
+        r = env.client.post("/.well-known/cmp/p/test", data=req.encode(), headers=CT)
+        assert r.status_code == 200
+        return cmp.PKIMessage.decode(bytes(r.data))
+
+    assert isinstance(send(SECRET).body, cmp.IpBody)
+    assert isinstance(send(SECRET).body, cmp.IpBody)  # the cached key for this salt
+    env.cmp.update_profile("test", {}, set_secrets={REF: new_secret})
+    old = send(SECRET)
+    assert isinstance(old.body, cmp.ErrorBody)
+    assert old.body.status_info.fail_info == {FailureInfo.BAD_MESSAGE_CHECK}
+    assert isinstance(send(new_secret).body, cmp.IpBody)
