@@ -270,18 +270,21 @@ _FORMAT_SQL: dict[str, str] = {}
 
 
 @contextmanager
-def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = True) -> Iterator[RawTx]:
+def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = True,
+                    connection: Any = None) -> Iterator[RawTx]:
     """Like :func:`transaction`, on a pooled DBAPI connection (no SQLAlchemy execution layer).
 
     Same locking as :func:`transaction`: on SQLite a writer holds the :class:`SqliteWriteLock`
-    and starts with ``BEGIN IMMEDIATE``. Commits on success, rolls back on any error."""
+    and starts with ``BEGIN IMMEDIATE``. Commits on success, rolls back on any error.
+    ``connection``: a pooled connection the caller keeps (it is not returned to the pool; a
+    connection that cannot even roll back is invalidated: its ``is_valid`` turns false)."""
     engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
     dialect = engine.dialect
     lock = write_lock(engine) if write else None
     dbapi = dialect.dbapi
     assert dbapi is not None
     with lock.hold() if lock is not None else nullcontext():
-        conn = engine.raw_connection()
+        conn = engine.raw_connection() if connection is None else connection
         try:
             try:
                 cur = conn.cursor()
@@ -300,7 +303,8 @@ def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = Tr
                 conn.invalidate()
             raise
         finally:
-            conn.close()
+            if connection is None:
+                conn.close()
 
 
 def read_one(factory: sessionmaker[Session] | Engine, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -331,25 +335,38 @@ _READERS = threading.local()
 
 
 def _thread_reader(engine: Engine) -> Any:
-    readers: weakref.WeakKeyDictionary[Engine, tuple[int, Any]] | None = getattr(_READERS, "by_engine", None)
-    if readers is None:
-        readers = _READERS.by_engine = weakref.WeakKeyDictionary()
-    entry = readers.get(engine)
-    if entry is not None and entry[0] == os.getpid():
-        return entry[1]
+    """This thread's kept read connection to ``engine`` (one engine per thread at a time: a
+    thread that moves to another engine returns the previous connection to its pool)."""
+    kept = getattr(_READERS, "kept", None)
+    if kept is not None and kept[0] is engine:
+        return kept[1]
+    if kept is not None:
+        _drop_thread_reader(kept[0], invalidate=False)
     conn = engine.raw_connection()
-    readers[engine] = (os.getpid(), conn)
+    _READERS.kept = (engine, conn)
     return conn
 
 
-def _drop_thread_reader(engine: Engine) -> None:
-    readers = getattr(_READERS, "by_engine", None)
-    entry = readers.pop(engine, None) if readers is not None else None
-    if entry is not None and entry[0] == os.getpid():
-        try:
-            entry[1].invalidate()
-        except Exception:  # noqa: BLE001 - already broken
-            pass
+def _drop_thread_reader(engine: Engine, *, invalidate: bool = True) -> None:
+    kept = getattr(_READERS, "kept", None)
+    if kept is None or kept[0] is not engine:
+        return
+    _READERS.kept = None
+    try:
+        kept[1].invalidate() if invalidate else kept[1].close()
+    except Exception:  # noqa: BLE001 - already broken
+        log.debug("dropping a broken read connection", exc_info=True)
+
+
+def _forget_connections_after_fork() -> None:
+    """In a forked child, never use a connection of the parent's (kept reads, writers)."""
+    global _READERS
+    _READERS = threading.local()
+    for w in list(_WRITERS.values()):
+        w._conn = None
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 class _Failed:
@@ -376,6 +393,7 @@ class Writer:
 
     def __init__(self, engine: Engine, *, max_batch: int = 64) -> None:
         self._engine = engine
+        self._conn: Any = None  # the connection batch leaders commit on (dropped in a forked child)
         self._group: GroupCommit[Callable[[RawTx], Any], Any] | None = (
             GroupCommit(self._commit, max_batch=max_batch) if engine.dialect.name == "sqlite" else None)
 
@@ -404,9 +422,17 @@ class Writer:
             raise outcome.error
         return outcome  # type: ignore[no-any-return]
 
+    def _connection(self) -> Any:
+        """The connection batches commit on (one leader at a time uses it): kept across batches,
+        so a batch pays no pool checkout and reset; replaced after a fork or once invalidated."""
+        conn = self._conn
+        if conn is None or not conn.is_valid:
+            conn = self._conn = self._engine.raw_connection()
+        return conn
+
     def _commit(self, units: Sequence[Callable[[RawTx], Any]]) -> list[Any]:
         out: list[Any] = []
-        with raw_transaction(self._engine) as tx:
+        with raw_transaction(self._engine, connection=self._connection()) as tx:
             for unit in units:
                 tx.execute("SAVEPOINT csm_unit")
                 try:

@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import secrets
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -48,21 +47,23 @@ _STATUS_LINES = {200: "200 OK", 201: "201 CREATED"}
 
 
 _ids = itertools.count()
-_id_prefix: tuple[int, str] = (-1, "")
-_id_lock = threading.Lock()
+_id_prefix = ""
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix
+    _id_prefix = secrets.token_hex(4)
+
+
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_request_id() -> str:
-    """A request id unique within the deployment: 8 random hex digits per process, then a
-    counter (16 hex digits in all). Cheaper than 8 random bytes per request; not a secret."""
-    global _id_prefix
-    pid, prefix = _id_prefix
-    if pid != os.getpid():  # first use, or a forked child: a fresh random prefix
-        with _id_lock:
-            if _id_prefix[0] != os.getpid():
-                _id_prefix = (os.getpid(), secrets.token_hex(4))
-            pid, prefix = _id_prefix
-    return f"{prefix}{next(_ids) & 0xFFFFFFFF:08x}"
+    """A request id unique within the deployment: 8 random hex digits per process (new in a
+    forked child), then a counter (16 hex digits in all). Cheaper than 8 random bytes per
+    request; not a secret."""
+    return f"{_id_prefix}{next(_ids) & 0xFFFFFFFF:08x}"
 
 
 class FastRequest:

@@ -192,3 +192,26 @@ def test_request_ids_are_unique_and_shaped_like_before():
         t.join()
     assert len(set(ids)) == len(ids) == 8000
     assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
+
+
+def test_a_forked_child_gets_its_own_request_id_prefix_and_connections(services):
+    import os
+
+    from sms import db
+
+    db.read_one(services.engine, "SELECT 1")  # this thread now keeps a read connection
+    db.writer(services.engine).run(lambda tx: tx.one("SELECT 1"))
+    parent = new_request_id()[:8]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            fresh = getattr(db._READERS, "kept", None) is None and db.writer(services.engine)._conn is None
+            ok = fresh and new_request_id()[:8] != parent and db.read_one(services.engine, "SELECT 7")[0] == 7
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert new_request_id()[:8] == parent and db.read_one(services.engine, "SELECT 1")[0] == 1
