@@ -138,6 +138,26 @@ def name_from_x509(name: x509.Name, spec: Any = None) -> Any:
     return plain if spec is None else retag(plain, spec)
 
 
+def name_from_der(der: bytes) -> x509.Name:
+    """DER of a Name (as received) → cryptography Name, cached like :func:`name_to_x509`."""
+    try:
+        return _name_from_der(der)
+    except CmpError:
+        raise
+    except Exception as exc:
+        raise BadDataFormat(f"malformed Name: {type(exc).__name__}") from None
+
+
+def extensions_from_der(der: bytes) -> x509.Extensions:
+    """DER of Extensions (as received) → cryptography, like :func:`extensions_to_x509`."""
+    try:
+        return _fake_csr(extensions_der=der).extensions
+    except CmpError:
+        raise
+    except Exception as exc:
+        raise BadDataFormat(f"malformed or duplicate extensions: {type(exc).__name__}") from None
+
+
 def extensions_to_x509(value: Any) -> x509.Extensions:
     try:
         plain = retag(value, rfc5280.Extensions())
@@ -291,6 +311,18 @@ def spki_to_key(value: Any) -> PublicKeyTypes:
     from .errors import BadCertTemplate
 
     der = encode(retag(value, rfc5280.SubjectPublicKeyInfo()))
+    try:
+        return serialization.load_der_public_key(der)
+    except UnsupportedAlgorithm:
+        raise BadCertTemplate("unsupported public key algorithm") from None
+    except Exception as exc:
+        raise BadDataFormat(f"malformed public key: {type(exc).__name__}") from None
+
+
+def spki_der_to_key(der: bytes) -> PublicKeyTypes:
+    """DER of a SubjectPublicKeyInfo (as received) → key, errors as :func:`spki_to_key`."""
+    from .errors import BadCertTemplate
+
     try:
         return serialization.load_der_public_key(der)
     except UnsupportedAlgorithm:

@@ -248,14 +248,17 @@ class PKIHeader:
             sender=party("sender"),
             recipient=party("recipient"),
             message_time=_asn1.gentime_to_datetime(value["messageTime"]) if _asn1.present(value, "messageTime") else None,
-            protection_alg=algorithm_from_asn1(value["protectionAlg"]) if _asn1.present(value, "protectionAlg") else None,
+            protection_alg=(_protection_alg_from_der(bytes(value["protectionAlg"])) if lean
+                            else algorithm_from_asn1(value["protectionAlg"]))
+            if _asn1.present(value, "protectionAlg") else None,
             sender_kid=opt_octets("senderKID"),
             recip_kid=opt_octets("recipKID"),
             transaction_id=opt_octets("transactionID"),
             sender_nonce=opt_octets("senderNonce"),
             recip_nonce=opt_octets("recipNonce"),
             free_text=_asn1.free_text(value["freeText"]) if _asn1.present(value, "freeText") else (),
-            general_info=tuple(InfoTypeAndValue.from_asn1(i) for i in value["generalInfo"])
+            general_info=(_general_info_from_der(bytes(value["generalInfo"])) if lean
+                          else tuple(InfoTypeAndValue.from_asn1(i) for i in value["generalInfo"]))
             if _asn1.present(value, "generalInfo") else (),
         )
         if lean:
@@ -343,10 +346,49 @@ def _lean_sequence(spec: Any, replace: dict[str, Any]) -> Any:
     return lean()
 
 
-#: PKIHeader with sender and recipient (GeneralName CHOICEs) left as DER: a pyasn1 pass over
-#: a distinguished name costs more than the rest of the header; cryptography parses them.
-LEAN_HEADER_SPEC: Final = _lean_sequence(rfc9480.PKIHeader(), {"sender": univ.Any(), "recipient": univ.Any()})
+class _TaggedAny(univ.Any):
+    """A context-tagged ``univ.Any`` that matches only its own tag (a plain Any also matches any
+    tag by default, which makes several optional ones in one SEQUENCE ambiguous to pyasn1)."""
+
+    @property
+    def tagMap(self) -> Any:
+        from pyasn1.type import tagmap
+
+        return tagmap.TagMap({self.tagSet: self})
+
+
+def _tagged_any(spec: Any, name: str) -> Any:
+    """An Any with the tag of ``spec``'s (context-tagged) component ``name``: decodes to the
+    component's content octets (for an EXPLICIT tag, the inner value's DER)."""
+    from pyasn1.type import tag
+
+    t = spec.componentType[name].asn1Object.tagSet.superTags[-1]
+    return _TaggedAny().subtype(implicitTag=tag.Tag(t.tagClass, tag.tagFormatConstructed, t.tagId))
+
+
+#: PKIHeader with sender and recipient (GeneralName CHOICEs) left as DER - a pyasn1 pass over a
+#: distinguished name costs more than the rest of the header; cryptography parses them - and
+#: protectionAlg and generalInfo as the DER inside their EXPLICIT tags, parsed through small
+#: caches (the same values recur: a peer reusing its PBM salt, implicitConfirm).
+LEAN_HEADER_SPEC: Final = _lean_sequence(rfc9480.PKIHeader(), {
+    "sender": univ.Any(), "recipient": univ.Any(),
+    "protectionAlg": _tagged_any(rfc9480.PKIHeader(), "protectionAlg"),
+    "generalInfo": _tagged_any(rfc9480.PKIHeader(), "generalInfo")})
 _HEADER_SLOTS: Final = {nt.name: nt.asn1Object for nt in rfc9480.PKIHeader().componentType.namedTypes}
+# generalInfo's SEQUENCE OF InfoTypeAndValue without its [8] tag (the lean header strips it)
+_GENERAL_INFO_SPEC: Final = univ.SequenceOf(
+    componentType=rfc9480.InfoTypeAndValue(), subtypeSpec=_HEADER_SLOTS["generalInfo"].subtypeSpec)
+
+
+@functools.lru_cache(maxsize=256)
+def _protection_alg_from_der(der: bytes) -> ProtectionAlgorithm:
+    return algorithm_from_asn1(_asn1.decode(der, rfc5280.AlgorithmIdentifier(), what="protectionAlg"))
+
+
+@functools.lru_cache(maxsize=64)
+def _general_info_from_der(der: bytes) -> tuple[InfoTypeAndValue, ...]:
+    seq = _asn1.decode(der, _GENERAL_INFO_SPEC.clone(), what="generalInfo")
+    return tuple(InfoTypeAndValue.from_asn1(i) for i in seq)
 
 
 @functools.lru_cache(maxsize=8)
@@ -422,6 +464,34 @@ class CertTemplate:
             version=int(value["version"]) if p(value, "version") else None,
         )
         return _cached(tpl, value)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_lean(cls, value: Any) -> CertTemplate:
+        """From a value of :data:`LEAN_TEMPLATE_SPEC`: names, key and extensions as DER, handed to
+        cryptography directly (no pyasn1 pass over them). Same checks and errors as
+        :meth:`from_asn1`; the result is encoded from its typed fields."""
+        p = _asn1.present
+        nb = na = None
+        if p(value, "validity"):
+            v = value["validity"]
+            nb = _asn1.time_to_datetime(v["notBefore"]) if p(v, "notBefore") else None
+            na = _asn1.time_to_datetime(v["notAfter"]) if p(v, "notAfter") else None
+        if p(value, "signingAlg") or p(value, "issuerUID") or p(value, "subjectUID"):
+            raise BadDataFormat("CertTemplate must not carry signingAlg, issuerUID or subjectUID")
+        # [5] subject / [3] issuer are EXPLICIT (Name is a CHOICE): the content is the Name's DER;
+        # [6] publicKey / [9] extensions are IMPLICIT: the content is that of the SEQUENCE
+        return cls(
+            subject=_asn1.name_from_der(bytes(value["subject"])) if p(value, "subject") else None,
+            public_key=_asn1.spki_der_to_key(_asn1.raw_sequence_der(bytes(value["publicKey"])))
+            if p(value, "publicKey") else None,
+            extensions=tuple(_asn1.extensions_from_der(_asn1.raw_sequence_der(bytes(value["extensions"]))))
+            if p(value, "extensions") else (),
+            not_before=nb,
+            not_after=na,
+            issuer=_asn1.name_from_der(bytes(value["issuer"])) if p(value, "issuer") else None,
+            serial_number=int(value["serialNumber"]) if p(value, "serialNumber") else None,
+            version=int(value["version"]) if p(value, "version") else None,
+        )
 
     def to_asn1(self, spec: Any = None) -> Any:
         cached = _from_cache(self)
@@ -526,6 +596,9 @@ class CertReqMsg:
         cached = _from_cache(self)
         if cached is not None:
             return cached["certReq"]
+        der: bytes | None = getattr(self, "_cert_request_der", None)
+        if der is not None:
+            return _asn1.decode(der, rfc4211.CertRequest(), what="CertRequest")
         cr = rfc4211.CertRequest()
         cr["certReqId"] = self.cert_req_id
         cr["certTemplate"] = self.template.to_asn1(rfc4211.CertTemplate())
@@ -540,8 +613,32 @@ class CertReqMsg:
 
     @property
     def cert_request_der(self) -> bytes:
-        """DER of the CertRequest - what a signature POP signs (RFC 4211 §4.1)."""
+        """DER of the CertRequest - what a signature POP signs (RFC 4211 §4.1); the received bytes
+        of a decoded request."""
+        der: bytes | None = getattr(self, "_cert_request_der", None)
+        if der is not None:
+            return der
         return _asn1.encode(self.cert_request_asn1())
+
+    @classmethod
+    def from_lean(cls, value: Any) -> CertReqMsg:
+        """From a value of :data:`LEAN_CERT_REQ_MSG_SPEC`: certReq arrives as DER (kept: the POP is
+        verified over exactly these bytes) and is decoded with the lean template."""
+        cr_der = bytes(value["certReq"])
+        cr = _asn1.decode(cr_der, LEAN_CERT_REQUEST_SPEC.clone(), what="CertRequest")
+
+        def attrs(seq: Any) -> tuple[Control, ...]:
+            return tuple(Control(x509.ObjectIdentifier(_asn1.oid_str(a["type"])), bytes(a["value"])) for a in seq)
+
+        msg = cls(
+            cert_req_id=int(cr["certReqId"]),
+            template=CertTemplate.from_lean(cr["certTemplate"]),
+            popo=ProofOfPossession.from_asn1(value["popo"]) if _asn1.present(value, "popo") else None,
+            controls=attrs(cr["controls"]) if _asn1.present(cr, "controls") else (),
+            reg_info=attrs(value["regInfo"]) if _asn1.present(value, "regInfo") else (),
+        )
+        object.__setattr__(msg, "_cert_request_der", cr_der)
+        return msg
 
     @classmethod
     def from_asn1(cls, value: Any) -> CertReqMsg:
@@ -576,6 +673,30 @@ class CertReqMsg:
                 ri.append(a)
             out["regInfo"] = ri
         return out
+
+
+#: CertTemplate with issuer/subject/publicKey/extensions left as DER (cryptography parses them).
+LEAN_TEMPLATE_SPEC: Final = _lean_sequence(rfc4211.CertTemplate(), {
+    n: _tagged_any(rfc4211.CertTemplate(), n) for n in ("issuer", "subject", "publicKey", "extensions")})
+LEAN_CERT_REQUEST_SPEC: Final = _lean_sequence(rfc4211.CertRequest(), {"certTemplate": LEAN_TEMPLATE_SPEC})
+#: CertReqMsg with certReq as DER: the POP signs exactly those bytes, no re-encoding needed.
+LEAN_CERT_REQ_MSG_SPEC: Final = _lean_sequence(rfc4211.CertReqMsg(), {"certReq": univ.Any()})
+
+
+def _lean_body_spec() -> Any:
+    """PKIBody with the ir/cr/kur alternatives made of :data:`LEAN_CERT_REQ_MSG_SPEC` (same tags)."""
+    from pyasn1.type import namedtype
+
+    spec = rfc9480.PKIBody()
+    fields = []
+    for nt in spec.componentType.namedTypes:
+        obj = nt.asn1Object
+        if nt.name in ("ir", "cr", "kur"):
+            obj = univ.SequenceOf(componentType=LEAN_CERT_REQ_MSG_SPEC, tagSet=obj.tagSet, subtypeSpec=obj.subtypeSpec)
+        fields.append(namedtype.NamedType(nt.name, obj))
+    lean = type("LeanPKIBody", (univ.Choice,), {"componentType": namedtype.NamedTypes(*fields),
+                                                 "tagSet": spec.tagSet, "subtypeSpec": spec.subtypeSpec})
+    return lean()
 
 
 # ---- bodies ---------------------------------------------------------------------------------
@@ -623,6 +744,8 @@ class CertReqMessagesBody(Body):
     def from_asn1(cls, value: Any) -> Any:
         if len(value) < 1:
             raise BadDataFormat("CertReqMessages must not be empty")
+        if isinstance(value.componentType, type(LEAN_CERT_REQ_MSG_SPEC)):  # lean: built from typed values
+            return cls(tuple(CertReqMsg.from_lean(m) for m in value))
         return _cached(cls(tuple(CertReqMsg.from_asn1(m) for m in value)), value)
 
     def content_asn1(self, spec: Any) -> Any:
@@ -1028,6 +1151,7 @@ class ErrorBody(Body):
 # ---- the message ----------------------------------------------------------------------------
 
 _RAW_SEQUENCE = univ.SequenceOf(componentType=univ.Any())
+LEAN_BODY_SPEC: Final = _lean_body_spec()
 
 
 _PROTECTION_SPEC = rfc9480.PKIMessage().componentType["protection"].asn1Object
@@ -1107,7 +1231,7 @@ class PKIMessage:
         # header and body are decoded from their own slices (the protected part is exactly these
         # bytes); extraCerts go straight from their DER to cryptography, never through pyasn1 types
         header_der, body_der = bytes(raw[0]), bytes(raw[1])
-        body_value = _asn1.decode(body_der, rfc9480.PKIBody(), what="PKIBody")
+        body_value = _asn1.decode(body_der, LEAN_BODY_SPEC.clone(), what="PKIBody")
         header_value = _asn1.decode(header_der, LEAN_HEADER_SPEC.clone(), what="PKIHeader")
         protection, extra = _decode_tail([bytes(x) for x in list(raw)[2:]])
         body_name = body_value.getName()
