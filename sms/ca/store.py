@@ -9,10 +9,12 @@ SQLite embedded, PostgreSQL for several instances sharing one database.
   across processes; the latest CRL is kept with an upsert that never lowers the number.
 * Revocation is a compare-and-set on the revocation columns (``IS NOT DISTINCT FROM``) that
   bumps the CA's revocation epoch in the same transaction.
-* Signature counters are summed in memory and flushed as one upsert per counter at most every
-  ``counter_flush_seconds`` (and before every read, and at :meth:`SqlCaStore.close`), so the
-  hot signing path does not pay a second write transaction per certificate. A crash loses at
-  most that interval's counts of this process.
+* Signature counters are summed in memory and written as one upsert per counter: on the issuing
+  path inside the new certificate's own transaction once half of ``counter_flush_seconds`` has
+  passed since the last write; otherwise (CRLs, OCSP, CMP protection) in a transaction of their
+  own once the whole interval has passed; and before every read and at
+  :meth:`SqlCaStore.close`. So the hot signing path pays no write transaction of its own for
+  them. A crash loses at most that interval's counts of this process.
 * New certificates are inserted through the service's shared :class:`sms.db.Writer`: on SQLite
   the rows of concurrent requests share one transaction — and one fsync — with each other and
   with the audit entries of the same moment, each row in its own SAVEPOINT, so a taken serial
@@ -29,7 +31,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, case, func, select, update
@@ -54,7 +56,7 @@ from ca.types import (
     UsageRecord,
 )
 
-from ..db import RawTx, transaction, writer
+from ..db import RawTx, raw_transaction, transaction, writer
 from .models import CaRow, CertificateRow, CrlRow, ProfileRow, SignatureCountRow, UsageRow
 
 T = TypeVar("T")
@@ -147,6 +149,15 @@ class _Inserted:
         return {"serial": f"{self.serial:x}", "profile": self.profile}
 
 
+_UPSERT_COUNT = ("INSERT INTO ca_signature_counts (ca_name, key_label, kind, count) VALUES (?, ?, ?, ?) "
+                 "ON CONFLICT (ca_name, key_label, kind) DO UPDATE SET count = ca_signature_counts.count + excluded.count")
+
+
+def _upsert_counts(tx: RawTx, counts: dict[tuple[str, str, str], int]) -> None:
+    for (ca_name, label, kind), n in sorted(counts.items()):  # one order everywhere: no deadlocks on PostgreSQL
+        tx.execute(_UPSERT_COUNT, (ca_name, label, kind, n))
+
+
 def _revocation_columns(rev: Revocation | None) -> dict[str, Any]:
     if rev is None:
         return {"revoked_reason": None, "revoked_at": None, "revoked_by": None, "invalidity_date": None}
@@ -169,6 +180,7 @@ class SqlCaStore:
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._last_flush = clock()
+        self._taken_after = self._last_flush  # the last flush before the counts last taken
 
     # -- helpers ------------------------------------------------------------------------------------
     def _dialect(self, s: Session) -> str:
@@ -310,16 +322,24 @@ class SqlCaStore:
                serial_key(r.renewal_of) if r.renewal_of is not None else None, r.server_generated_key, r.is_ca,
                *_revocation_columns(r.revocation).values())
         inserted = _Inserted(r.serial, r.profile)
+        # The signature counts due by now ride along (the certificate's own signature was
+        # counted just before): no transaction of their own on the issuing path.
+        counts = self._take_counts(self._flush_every / 2)
 
         def unit(tx: RawTx) -> _Inserted:
             tx.execute(_INSERT_CERT, row)
+            if counts:
+                _upsert_counts(tx, counts)
             return inserted
 
         w = writer(self._sessions)
         try:
             self._retry(lambda: w.run(unit))
-        except IntegrityError:
-            raise DuplicateSerial(r.serial) from None
+        except BaseException as exc:
+            self._give_back(counts)
+            if isinstance(exc, IntegrityError):
+                raise DuplicateSerial(r.serial) from None
+            raise
 
     def get(self, serial: int) -> CertificateRecord:
         try:
@@ -437,28 +457,40 @@ class SqlCaStore:
         if due:
             self.flush_counters()
 
-    def flush_counters(self) -> None:
-        """Write the counts summed in memory (one upsert per counter, one transaction)."""
-        with self._flush_lock:
+    def _take_counts(self, older_than: float) -> dict[tuple[str, str, str], int]:
+        """The pending counts if the last flush is at least ``older_than`` seconds ago (they are
+        then the caller's to write or give back), else nothing."""
+        with self._pending_lock:
+            if not self._pending or self._clock() - self._last_flush < older_than:
+                return {}
+            pending, self._pending = self._pending, defaultdict(int)
+            self._taken_after, self._last_flush = self._last_flush, self._clock()
+            return pending
+
+    def _give_back(self, counts: dict[tuple[str, str, str], int]) -> None:
+        """Counts taken but not written: pending again, and due as they were."""
+        if counts:
             with self._pending_lock:
-                pending, self._pending = self._pending, defaultdict(int)
-                self._last_flush = self._clock()
+                for k, v in counts.items():
+                    self._pending[k] += v
+                self._last_flush = min(self._last_flush, self._taken_after)
+
+    def flush_counters(self) -> None:
+        """Write the counts summed in memory (one upsert per counter, one transaction of their
+        own: a request's attached audit entry is never carried by it)."""
+        with self._flush_lock:
+            pending = self._take_counts(0.0)
             if not pending:
                 return
             try:
-                self._retry(lambda: self._write_counts(pending.items()))
+                self._retry(lambda: self._write_counts(pending))
             except Exception:
-                with self._pending_lock:  # keep them for the next attempt
-                    for k, v in pending.items():
-                        self._pending[k] += v
+                self._give_back(pending)
                 raise
 
-    def _write_counts(self, items: Iterable[tuple[tuple[str, str, str], int]]) -> None:
-        with transaction(self._sessions) as s:
-            for (ca_name, label, kind), n in sorted(items):
-                stmt = self._insert(s, SignatureCountRow).values(ca_name=ca_name, key_label=label, kind=kind, count=n)
-                s.execute(stmt.on_conflict_do_update(index_elements=["ca_name", "key_label", "kind"],
-                                                     set_={"count": SignatureCountRow.count + n}))
+    def _write_counts(self, counts: dict[tuple[str, str, str], int]) -> None:
+        with raw_transaction(self._sessions) as tx:
+            _upsert_counts(tx, counts)
 
     def signature_counts(self, ca_name: str | None = None) -> list[SignatureCount]:
         self.flush_counters()

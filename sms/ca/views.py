@@ -295,7 +295,13 @@ def _sign_args() -> dict[str, Any]:
     else:
         if request.mimetype not in CSR_TYPES:
             raise UnsupportedMediaType("send application/pkcs10 (PEM or DER) or application/json")
-        args = _SIGN_QUERY.load(request.args)
+        query = request.args
+        profile = query.get("profile")
+        if (len(query) == 1 and isinstance(profile, str) and 0 < len(profile) <= 63
+                and len(query.getlist("profile")) == 1):
+            args = {"profile": profile, "include_root": False}  # what the schema makes of ?profile= alone
+        else:
+            args = _SIGN_QUERY.load(query)
         if not args.get("profile"):
             raise InvalidRequest("profile", "name the profile (?profile=...)")
         args["csr"] = request.get_data(cache=True)

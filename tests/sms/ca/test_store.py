@@ -219,3 +219,58 @@ def test_sql_store_concurrent_crl_numbers_and_serials(make_services: Any, backen
     assert sorted(numbers) == list(range(1, 31))
     assert len(dup) == 6
     assert store.signature_counts()[0].count == 60
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_signature_counts_ride_with_a_certificate_insert_and_survive_a_failed_one(make_services: Any,
+                                                                                   backend: str) -> None:
+    from sms.ca.store import SqlCaStore
+
+    svc = make_services(backend)
+    clock = _Clock()
+    store = SqlCaStore(svc.sessions, counter_flush_seconds=10.0, clock=clock)
+    reader = SqlCaStore(svc.sessions)  # another process's view: it sees only what was written
+    store.add_ca(ca_record())
+    taken = cert()
+    store.add(taken)
+    for _ in range(3):
+        store.count_signature("root", "ca-root", SignatureKind.CERTIFICATE)
+    assert reader.signature_counts() == []  # not due yet: nothing written
+    clock.t += 4
+    store.add(cert())
+    assert reader.signature_counts() == []  # less than half the interval: still buffered
+    clock.t += 2
+    store.count_signature("root", "ca-root", SignatureKind.CERTIFICATE)
+    with pytest.raises(DuplicateSerial):  # the counts taken for this insert are kept for the next
+        store.add(replace(taken, subject="CN=again"))
+    assert reader.signature_counts() == []
+    store.add(cert())
+    assert [(c.kind, c.count) for c in reader.signature_counts()] == [(SignatureKind.CERTIFICATE, 4)]
+
+
+def test_a_counter_flush_does_not_carry_the_requests_audit_entry(make_services: Any, backend: str) -> None:
+    """A request's attached work (its audit entry) commits with the certificate it records, not
+    with a signature counter flush that happens to come first."""
+    from sms.ca.store import SqlCaStore
+    from sms.db import Attached, attach
+
+    svc = make_services(backend)
+    store = SqlCaStore(svc.sessions, counter_flush_seconds=0.0)
+    store.add_ca(ca_record())
+    results: list[Any] = []
+    work = Attached(lambda: lambda tx, result: results.append(result), lambda tx: None)
+    rec = cert()
+    with attach(work):
+        store.count_signature("root", "ca-root", SignatureKind.CERTIFICATE)  # due at once: flushed
+        assert not work.committed and results == []
+        store.add(rec)
+    assert work.committed and len(results) == 1
+    assert results[0].audit_detail() == {"serial": f"{rec.serial:x}", "profile": "tls-server"}
+    assert [c.count for c in store.signature_counts()] == [1]
