@@ -206,13 +206,27 @@ def _general_name_from_der(names_der: bytes) -> x509.GeneralName:
 _RAW_SEQUENCE_OF = univ.SequenceOf(componentType=univ.Any())
 
 
+_RELAXED = {"verifyConstraints": False, "matchTags": False, "matchConstraints": False}
+
+
 def raw_sequence_der(*ders: bytes) -> bytes:
     """DER of a SEQUENCE whose components are the given, already DER-encoded values (pyasn1
-    writes the outer TLV; the components are copied verbatim)."""
+    writes the outer TLV; the components are copied verbatim, as one opaque run)."""
     seq = _RAW_SEQUENCE_OF.clone()
-    for d in ders:
-        seq.append(univ.Any(d))
+    seq.setComponentByPosition(0, univ.Any(b"".join(ders)), **_RELAXED)
     return encode(seq)
+
+
+def explicit_der(spec: Any, inner_der: bytes) -> bytes:
+    """DER of ``spec`` - an EXPLICITly tagged type - holding the value whose DER is ``inner_der``
+    (pyasn1 writes the tag and length; the inner value is copied verbatim)."""
+    tags = spec.tagSet.superTags
+    if not tags or tags[0] != spec.tagSet.baseTag:
+        raise ValueError("explicit_der needs an explicitly tagged type")
+    value = univ.Any(inner_der)
+    for t in tags[1:]:
+        value = value.subtype(explicitTag=t)
+    return encode(value)
 
 
 @functools.lru_cache(maxsize=512)

@@ -714,6 +714,23 @@ class Body:
         """The body content as a value of ``spec`` (the tagged PKIBody alternative)."""
         raise NotImplementedError
 
+    def to_der(self) -> bytes:
+        """DER of the PKIBody holding this content (built once; see :meth:`content_der`)."""
+        der: bytes | None = getattr(self, "_body_der", None)
+        if der is None:
+            content = self.content_der()
+            if content is None:
+                der = _asn1.encode(self.to_asn1())
+            else:
+                der = _asn1.explicit_der(_BODY_SLOTS[self.body_type.asn1_name], content)
+            object.__setattr__(self, "_body_der", der)
+        return der
+
+    def content_der(self) -> bytes | None:
+        """DER of the body content composed from pre-encoded parts, or None (then the content is
+        encoded as one pyasn1 value). Must equal the pyasn1 encoding byte for byte."""
+        return None
+
     def to_asn1(self) -> Any:
         body = rfc9480.PKIBody()
         cached = _from_cache(self)
@@ -839,10 +856,50 @@ class CertResponse:
         return out
 
 
+@functools.lru_cache(maxsize=64)
+def _status_der(status: PKIStatusInfo) -> bytes:
+    return _asn1.encode(status.to_asn1())
+
+
+@functools.lru_cache(maxsize=64)
+def _int_der(n: int) -> bytes:
+    return _asn1.encode(univ.Integer(n))
+
+
+_CERT_RESPONSE_SLOTS: Final = {nt.name: nt.asn1Object for nt in rfc9480.CertResponse().componentType.namedTypes}
+_CERT_REP_SLOTS: Final = {nt.name: nt.asn1Object for nt in rfc9480.CertRepMessage().componentType.namedTypes}
+
+
+def _cert_response_der(r: CertResponse) -> bytes:
+    """CertResponse from parts: cached certReqId and status, the certificate as its DER."""
+    parts = [_int_der(r.cert_req_id), _status_der(r.status)]
+    if r.certificate is not None:
+        ckp = _CERT_RESPONSE_SLOTS["certifiedKeyPair"].clone()
+        coe = _asn1.slot(ckp, "certOrEncCert")
+        _asn1.put_cert(coe, "certificate", r.certificate)
+        ckp["certOrEncCert"] = coe
+        parts.append(_asn1.encode(ckp))
+    if r.rsp_info is not None:
+        parts.append(_asn1.encode(univ.OctetString(r.rsp_info)))
+    return _asn1.raw_sequence_der(*parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class CertRepMessageBody(Body):
     responses: tuple[CertResponse, ...]
     ca_pubs: tuple[x509.Certificate, ...] = ()
+
+    def content_der(self) -> bytes | None:
+        if _from_cache(self) is not None:  # decoded: its own value
+            return None
+        parts = []
+        if self.ca_pubs:
+            cp = _CERT_REP_SLOTS["caPubs"].clone()
+            for c in self.ca_pubs:
+                _asn1.put_cert(cp, None, c)
+            parts.append(_asn1.encode(cp))
+        parts.append(_asn1.raw_sequence_der(*(_cert_response_der(r) for r in self.responses)))
+        return _asn1.raw_sequence_der(*parts)
 
     def response_for(self, cert_req_id: int) -> CertResponse | None:
         for r in self.responses:
@@ -1152,6 +1209,7 @@ class ErrorBody(Body):
 
 _RAW_SEQUENCE = univ.SequenceOf(componentType=univ.Any())
 LEAN_BODY_SPEC: Final = _lean_body_spec()
+_BODY_SLOTS: Final = {nt.name: nt.asn1Object for nt in rfc9480.PKIBody().componentType.namedTypes}
 
 
 _PROTECTION_SPEC = rfc9480.PKIMessage().componentType["protection"].asn1Object
@@ -1179,12 +1237,6 @@ def _decode_tail(rest: list[bytes]) -> tuple[bytes | None, tuple[x509.Certificat
     return protection, extra
 
 
-def _raw_sequence(*ders: bytes) -> Any:
-    """SEQUENCE of already DER-encoded components (pyasn1 writes the outer TLV)."""
-    seq = _RAW_SEQUENCE.clone()
-    for d in ders:
-        seq.append(univ.Any(d))
-    return seq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1248,7 +1300,7 @@ class PKIMessage:
         msg = cls(header=header, body=body, protection=protection, extra_certs=extra)
         object.__setattr__(msg, "_der", der)
         object.__setattr__(msg, "_parts", (header_der, body_der))
-        object.__setattr__(msg, "_protected_part", _asn1.encode(_raw_sequence(header_der, body_der)))
+        object.__setattr__(msg, "_protected_part", _asn1.raw_sequence_der(header_der, body_der))
         return msg
 
     def protected_part(self) -> bytes:
@@ -1256,13 +1308,13 @@ class PKIMessage:
         if self._protected_part is not None:
             return self._protected_part
         header_der, body_der = self._encoded_parts()
-        out = _asn1.encode(_raw_sequence(header_der, body_der))  # == DER of ProtectedPart{header, body}
+        out = _asn1.raw_sequence_der(header_der, body_der)  # == DER of ProtectedPart{header, body}
         object.__setattr__(self, "_protected_part", out)
         return out
 
     def _encoded_parts(self) -> tuple[bytes, bytes]:
         if self._parts is None:
-            object.__setattr__(self, "_parts", (self.header.to_der(), _asn1.encode(self.body.to_asn1())))
+            object.__setattr__(self, "_parts", (self.header.to_der(), self.body.to_der()))
         assert self._parts is not None
         return self._parts
 
@@ -1305,7 +1357,7 @@ class PKIMessage:
                 for c in self.extra_certs:
                     _asn1.put_cert(ec, None, c)
                 parts.append(_asn1.encode(ec))
-            der = _asn1.encode(_raw_sequence(*parts))
+            der = _asn1.raw_sequence_der(*parts)
         object.__setattr__(self, "_der", der)
         return der
 

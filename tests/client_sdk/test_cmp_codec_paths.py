@@ -115,3 +115,31 @@ def test_lean_body_decode_equals_the_full_decode(captured: Captured) -> None:
         assert _asn1.encode(msg.body.to_asn1()) == body_der, label
         seen += 1
     assert seen >= 5
+
+
+def test_composed_body_encoding_equals_the_pyasn1_encoding(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from client_sdk.cmp import errors
+    from client_sdk.cmp.enums import BodyType, FailureInfo, PKIStatus
+
+    from .cmptools import TestPki
+
+    pki = TestPki(Path(str(tmp_path)), "Compose CA")
+    _k, leaf = pki.entity("leaf", "leaf.example.com")
+    bodies = [
+        builders.cert_rep_body(BodyType.IR, [builders.granted(0, leaf)]),
+        builders.cert_rep_body(BodyType.IR, [builders.granted(0, leaf)], ca_pubs=[pki.ca_cert]),
+        builders.cert_rep_body(BodyType.CR, [builders.granted(7, leaf, status=PKIStatus.GRANTED_WITH_MODS,
+                                                              text="changed")]),
+        builders.cert_rep_body(BodyType.KUR, [builders.refused(0, errors.BadCertTemplate("no"))]),
+        builders.cert_rep_body(BodyType.P10CR, [builders.waiting(0, "awaiting approval"),
+                                                cmp.CertResponse(1, cmp.PKIStatusInfo.rejection(
+                                                    FailureInfo.BAD_POP, "x"), rsp_info=b"info")]),
+        builders.pkiconf_body(),
+        builders.error_body(errors.BadRequest("bad")),
+    ]
+    for body in bodies:
+        reference = _asn1.encode(dataclasses.replace(body).to_asn1())
+        assert body.to_der() == reference, body
+        assert dataclasses.replace(body).to_der() == reference  # again, from the caches
