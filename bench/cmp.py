@@ -13,6 +13,8 @@
 * Load: ``concurrency`` client processes, each looping ``CmpClient.ir`` (client_sdk.cmp, the same
   codec csm uses) with PBM (SHA-256 OWF, HMAC-SHA256, 500 iterations), EC P-256: one
   pre-generated key for all requests (the mock only answers with the certificate of that key).
+  The client reuses its PBM salt for 60 s (csm's SDK default; ``--fresh-salt``: a new salt per
+  message, as openssl's client does, so csm derives a PBM key per request).
   Mode ``implicit``: ir with implicitConfirm (1 round trip); mode ``certConf``: ir + certConf
   (2 round trips). A 2 s warm-up precedes each mode; then rounds alternate between the servers
   (who goes first alternates too), each run after waiting (at most 3 s) for the machine to calm.
@@ -154,7 +156,7 @@ def start_mock(workdir: Path, client_key_pem: bytes, stack: ExitStack) -> Target
 # ---- load generator ------------------------------------------------------------------------------------
 
 def _worker(url: str, ca_pem: bytes, key_pem: bytes, implicit: bool, start: float, end: float,
-            out: mp.Queue) -> None:  # type: ignore[type-arg]
+            out: mp.Queue, salt_lifetime: float = 60.0) -> None:  # type: ignore[type-arg]
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
@@ -164,7 +166,8 @@ def _worker(url: str, ca_pem: bytes, key_pem: bytes, implicit: bool, start: floa
     key = serialization.load_pem_private_key(key_pem, None)
     recipient = x509.load_pem_x509_certificate(ca_pem).subject
     client = cmp.CmpClient(cmp.HttpTransport(url, timeout=30), recipient=recipient, secret=SECRET.encode(),
-                           reference=REF.encode(), pbm_iterations=ITERATIONS, implicit_confirm=implicit)
+                           reference=REF.encode(), pbm_iterations=ITERATIONS, implicit_confirm=implicit,
+                           pbm_salt_lifetime=salt_lifetime)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"nf-{os.getpid()}.example.com")])
     lat: list[float] = []
     errors: dict[str, int] = {}
@@ -198,14 +201,16 @@ class Result:
     other: float = 0.0  # cores used by everything else on the machine during the run
 
 
-def run_load(t: Target, key_pem: bytes, implicit: bool, duration: float, concurrency: int) -> Result:
+def run_load(t: Target, key_pem: bytes, implicit: bool, duration: float, concurrency: int,
+             salt_lifetime: float = 60.0) -> Result:
     import client_sdk.cmp  # noqa: F401 - imported before the fork, so the workers start at once
 
     ctx = mp.get_context("fork")
     q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     start = time.time() + 1.0
     end = start + duration
-    procs = [ctx.Process(target=_worker, args=(t.url, t.recipient_pem, key_pem, implicit, start, end, q))
+    procs = [ctx.Process(target=_worker, args=(t.url, t.recipient_pem, key_pem, implicit, start, end, q,
+                                               salt_lifetime))
              for _ in range(concurrency)]
     for p in procs:
         p.start()
@@ -237,29 +242,34 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per measured run")
     ap.add_argument("--concurrency", type=int, default=8, help="client processes")
     ap.add_argument("--rounds", type=int, default=3, help="measured runs per server and mode (median)")
+    ap.add_argument("--fresh-salt", action="store_true",
+                    help="the client uses a fresh PBM salt per message (as openssl does) instead of reusing "
+                         "one for 60 s, so the server derives a PBM key for every request")
     args = ap.parse_args()
     from cryptography.hazmat.primitives.asymmetric import ec
 
     started = time.monotonic()
+    salt = 0.0 if args.fresh_salt else 60.0
     key_pem = _pem(ec.generate_private_key(ec.SECP256R1()), True)
     with tempfile.TemporaryDirectory(prefix="csm-bench-cmp-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         targets = [start_csm(work, stack), start_mock(work, key_pem, stack)]
         sessions = [t.session for t in targets]
         print(f"CMP IR, PBM ({ITERATIONS} it.), EC P-256, {args.concurrency} client processes (the same Python "
-              f"client for both servers), {args.duration:g} s x {args.rounds} interleaved rounds (median); "
+              f"client for both servers, PBM salt {'fresh per message' if args.fresh_salt else 'reused 60 s'}), "
+              f"{args.duration:g} s x {args.rounds} interleaved rounds (median); "
               f"{os.cpu_count()} cores")
         print("  csm issues, signs in the token, stores and audits every certificate; the openssl mock returns "
               "one pre-issued certificate and stores nothing")
         table: dict[tuple[str, str], list[Result]] = {}
         for mode, implicit in (("implicitConfirm", True), ("certConf", False)):
             for t in targets:  # warm-up
-                run_load(t, key_pem, implicit, 2.0, args.concurrency)
+                run_load(t, key_pem, implicit, 2.0, args.concurrency, salt)
             for rnd in range(args.rounds):
                 for t in (targets if rnd % 2 == 0 else targets[::-1]):  # alternate who goes first
                     wait_quiet(sessions, limit=3.0)
                     table.setdefault((t.name, mode), []).append(
-                        run_load(t, key_pem, implicit, args.duration, args.concurrency))
+                        run_load(t, key_pem, implicit, args.duration, args.concurrency, salt))
         summary: dict[tuple[str, str], Result] = {}
         for (name, mode), rs in table.items():
             r = sorted(rs, key=lambda x: x.tps)[len(rs) // 2]
