@@ -271,20 +271,20 @@ _FORMAT_SQL: dict[str, str] = {}
 
 @contextmanager
 def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = True,
-                    connection: Any = None) -> Iterator[RawTx]:
+                    connection: Callable[[], Any] | None = None) -> Iterator[RawTx]:
     """Like :func:`transaction`, on a pooled DBAPI connection (no SQLAlchemy execution layer).
 
     Same locking as :func:`transaction`: on SQLite a writer holds the :class:`SqliteWriteLock`
     and starts with ``BEGIN IMMEDIATE``. Commits on success, rolls back on any error.
-    ``connection``: a pooled connection the caller keeps (it is not returned to the pool; a
-    connection that cannot even roll back is invalidated: its ``is_valid`` turns false)."""
+    ``connection``: gives (once the lock is held) a pooled connection the caller keeps: it is
+    not returned to the pool; one that cannot even roll back is invalidated (``is_valid`` false)."""
     engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
     dialect = engine.dialect
     lock = write_lock(engine) if write else None
     dbapi = dialect.dbapi
     assert dbapi is not None
     with lock.hold() if lock is not None else nullcontext():
-        conn = engine.raw_connection() if connection is None else connection
+        conn = engine.raw_connection() if connection is None else connection()
         try:
             try:
                 cur = conn.cursor()
@@ -394,8 +394,10 @@ class Writer:
     def __init__(self, engine: Engine, *, max_batch: int = 64) -> None:
         self._engine = engine
         self._conn: Any = None  # the connection batch leaders commit on (dropped in a forked child)
+        lock = write_lock(engine)
         self._group: GroupCommit[Callable[[RawTx], Any], Any] | None = (
-            GroupCommit(self._commit, max_batch=max_batch) if engine.dialect.name == "sqlite" else None)
+            GroupCommit(self._commit, max_batch=max_batch, gate=lock.hold if lock is not None else None)
+            if engine.dialect.name == "sqlite" else None)
 
     def run(self, unit: Callable[[RawTx], T]) -> T:
         """Run ``unit`` in a committed transaction; :func:`attach`-ed work of the caller's
@@ -430,9 +432,17 @@ class Writer:
             conn = self._conn = self._engine.raw_connection()
         return conn
 
+    @contextmanager
+    def transaction(self) -> Iterator[RawTx]:
+        """A writing transaction of its own (not a unit of a batch), on SQLite on the connection
+        the batches use: for a caller that batches by itself (the audit log) and may already hold
+        the write lock (as a :class:`GroupCommit` gate; the lock is re-entrant)."""
+        with raw_transaction(self._engine, connection=self._connection if self._group is not None else None) as tx:
+            yield tx
+
     def _commit(self, units: Sequence[Callable[[RawTx], Any]]) -> list[Any]:
         out: list[Any] = []
-        with raw_transaction(self._engine, connection=self._connection()) as tx:
+        with raw_transaction(self._engine, connection=self._connection) as tx:
             for unit in units:
                 tx.execute("SAVEPOINT csm_unit")
                 try:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import Attached, RawTx, transaction, writer
+from ..db import Attached, RawTx, transaction, write_lock, writer
 from ..groupcommit import GroupCommit
 from .models import AuditHead, AuditRow
 
@@ -109,8 +109,10 @@ class AuditLog:
         self._sessions = sessions
         self._ks = keystore
         self._label = mac_key_label
+        lock = write_lock(sessions.kw["bind"])
         self._group: GroupCommit[tuple[str, AuditEvent], int] = GroupCommit(
-            self._commit_batch, max_batch=max(1, batch_max), timeout=wait_timeout)
+            self._commit_batch, max_batch=max(1, batch_max), timeout=wait_timeout,
+            gate=lock.hold if lock is not None else None)
 
     @property
     def group(self) -> GroupCommit[tuple[str, AuditEvent], int]:
@@ -158,10 +160,13 @@ class AuditLog:
 
     def _commit_batch(self, items: Sequence[tuple[str, AuditEvent]]) -> list[int]:
         """Link, MAC and insert a batch in one transaction, serialised across processes by the
-        head row lock (FOR UPDATE on PostgreSQL, the database write lock on SQLite). On SQLite
-        the batch is one unit of the process's :class:`~sms.db.Writer`, so it may share its
-        commit with concurrent secret writes."""
-        return writer(self._sessions).run(lambda tx: self._append_rows(tx, items))
+        head row lock (FOR UPDATE on PostgreSQL) or the database write lock (SQLite). On SQLite
+        the batch's leader takes the write lock before it takes the batch (the group's gate),
+        so entries that queue while another process commits join this batch; the transaction
+        runs on the :class:`~sms.db.Writer`'s connection (writes carry their own entries in
+        their own transactions, see :meth:`attached`)."""
+        with writer(self._sessions).transaction() as tx:
+            return self._append_rows(tx, items)
 
     def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True) -> list[int]:
         head = tx.one(_HEAD_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""))

@@ -87,3 +87,61 @@ def test_a_waiter_that_times_out_is_withdrawn_and_never_committed():
     assert committed == ["slow"]
     assert gc.submit("after") == "after"  # leadership was not lost with the withdrawn waiter
     assert committed == ["slow", "after"]
+
+
+def test_items_queued_while_the_leader_waits_at_the_gate_join_its_batch():
+    from contextlib import contextmanager
+
+    open_gate, at_gate = threading.Event(), threading.Event()
+    held: list[bool] = []
+    inside = [False]
+
+    @contextmanager
+    def gate():
+        at_gate.set()
+        open_gate.wait(10)  # another process's commit holds the write lock
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    def commit(items):
+        held.append(inside[0])
+        return list(items)
+
+    gc: GroupCommit[int, int] = GroupCommit(commit, gate=gate)
+    results: dict[int, int] = {}
+    leader = threading.Thread(target=lambda: results.__setitem__(0, gc.submit(0)))
+    leader.start()
+    assert at_gate.wait(10)
+    others = [threading.Thread(target=lambda i=i: results.__setitem__(i, gc.submit(i))) for i in range(1, 6)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(gc._queue) < 6 and time.monotonic() < deadline:  # all six queued behind the gate
+        time.sleep(0.005)
+    open_gate.set()
+    for t in [leader, *others]:
+        t.join(10)
+    assert results == {i: i for i in range(6)}
+    assert gc.batches == 1 and gc.items == 6 and held == [True]  # one commit, inside the gate
+
+
+def test_a_gate_that_fails_fails_its_batch_and_the_next_one_proceeds():
+    from contextlib import contextmanager
+
+    fail = [True]
+
+    @contextmanager
+    def gate():
+        if fail[0]:
+            fail[0] = False
+            raise OSError("lock file gone")
+        yield
+
+    gc: GroupCommit[int, int] = GroupCommit(lambda items: list(items), gate=gate)
+    with pytest.raises(GroupCommitError) as info:
+        gc.submit(1)
+    assert isinstance(info.value.__cause__, OSError)
+    assert gc.submit(2) == 2 and gc.items == 1
