@@ -318,9 +318,8 @@ def read_one(factory: sessionmaker[Session] | Engine, sql: str, params: Sequence
     dialect = engine.dialect
     assert dialect.dbapi is not None
     if dialect.name == "sqlite" and isinstance(engine.pool, QueuePool):  # a database file
-        conn = _thread_reader(engine)
         try:
-            return RawTx(conn.cursor(), "sqlite", dialect.paramstyle, dialect.dbapi.Error).one(sql, params)
+            return _thread_reader(engine).one(sql, params)
         except BaseException:
             _drop_thread_reader(engine)
             raise
@@ -334,17 +333,20 @@ def read_one(factory: sessionmaker[Session] | Engine, sql: str, params: Sequence
 _READERS = threading.local()
 
 
-def _thread_reader(engine: Engine) -> Any:
-    """This thread's kept read connection to ``engine`` (one engine per thread at a time: a
-    thread that moves to another engine returns the previous connection to its pool)."""
+def _thread_reader(engine: Engine) -> RawTx:
+    """A cursor on this thread's kept read connection to ``engine`` (one engine per thread at a
+    time: a thread that moves to another engine returns the previous connection to its pool)."""
     kept = getattr(_READERS, "kept", None)
     if kept is not None and kept[0] is engine:
-        return kept[1]
+        return kept[2]  # type: ignore[no-any-return]
     if kept is not None:
         _drop_thread_reader(kept[0], invalidate=False)
     conn = engine.raw_connection()
-    _READERS.kept = (engine, conn)
-    return conn
+    dialect = engine.dialect
+    assert dialect.dbapi is not None
+    reader = RawTx(conn.cursor(), dialect.name, dialect.paramstyle, dialect.dbapi.Error)
+    _READERS.kept = (engine, conn, reader)
+    return reader
 
 
 def _drop_thread_reader(engine: Engine, *, invalidate: bool = True) -> None:

@@ -136,6 +136,7 @@ class FastResponse:
     status: int
     doc: Any  # JSON document
     headers: tuple[tuple[str, str], ...] = ()
+    raw: bytes | None = None  # the document already encoded as json_bytes would (then doc is unused)
 
 
 FastHandler = Callable[[FastRequest], FastResponse | None]
@@ -203,7 +204,7 @@ class FastPath:
             environ["HTTP_X_REQUEST_ID"] = req.request_id  # the same id in Flask's answer
             return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
         self.served += 1
-        body = json_bytes(out.doc)
+        body = out.raw if out.raw is not None else json_bytes(out.doc)
         start_response(_STATUS_LINES[out.status], [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))), *out.headers,
             ("X-Request-ID", req.request_id), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),

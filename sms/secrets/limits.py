@@ -38,6 +38,23 @@ Values = dict[str, str | int | float | bool]
 
 def check_name(name: Any, *, kind: str = "secret") -> str:
     """Return ``name`` if valid; InvalidName with a precise reason otherwise."""
+    if type(name) is str and name in _VALID[kind == "domain"]:  # checked before (the hot path)
+        return name
+    _check_name(name, kind)
+    valid = _VALID[kind == "domain"]
+    if len(valid) >= _VALID_MAX:
+        valid.clear()
+    valid.add(name)
+    return name
+
+
+# Names that passed check_name, by kind (domain or not): a set lookup instead of the checks on
+# every request. Only valid names enter; bounded (cleared when full).
+_VALID: tuple[set[str], set[str]] = (set(), set())
+_VALID_MAX: Final = 65536
+
+
+def _check_name(name: Any, kind: str) -> None:
     limit = DOMAIN_NAME_MAX if kind == "domain" else SECRET_NAME_MAX
     if not isinstance(name, str):
         raise InvalidName(f"{kind} name must be a string")
@@ -53,7 +70,6 @@ def check_name(name: Any, *, kind: str = "secret") -> str:
         raise InvalidName(f"{kind} name must not be '.' or '..' or contain '..'")
     if not _NAME_RE.match(name):
         raise InvalidName(f"{kind} name must start with a letter or digit and use only A-Z, a-z, 0-9, '_', '.', '-'")
-    return name
 
 
 def check_values(values: Any, *, allow_null: bool = False) -> dict[str, Any]:

@@ -153,6 +153,12 @@ class SecretsService:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def read(self, domain: str, name: str, version: int | None = None) -> SecretValue:
+        meta, v, pt = self.read_plaintext(domain, name, version)
+        return SecretValue(meta, v, json.loads(pt.decode()))
+
+    def read_plaintext(self, domain: str, name: str, version: int | None = None) -> tuple[SecretMeta, int, bytes]:
+        """Like :meth:`read`, with the values as stored: the compact JSON of
+        :func:`~.limits.encode_values` (sorted keys, UTF-8)."""
         check_name(domain, kind="domain")
         check_name(name)
         if version is not None:
@@ -161,7 +167,7 @@ class SecretsService:
         assert sealed.ciphertext is not None
         pt = self.envelope.open(rec, name, sealed.meta.version, sealed.ciphertext,
                                 fetch=lambda: self.store.get_domain(domain))
-        return SecretValue(meta, sealed.meta.version, json.loads(pt))
+        return meta, sealed.meta.version, pt
 
     def metadata(self, domain: str, name: str) -> SecretMeta:
         return self.store.metadata(check_name(domain, kind="domain"), check_name(name))

@@ -7,6 +7,7 @@ update, delete, list its secrets; ``sudo`` rotates its key), ``secrets/<domain>/
 """
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -52,7 +53,9 @@ def body_name() -> Any:
     return doc.get("name") if isinstance(doc, dict) else None
 
 
+@functools.lru_cache(maxsize=8192)
 def iso(ts: float | None) -> str | None:
+    """A stored time as RFC 3339 UTC with microseconds (cached: the same versions are read again and again)."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

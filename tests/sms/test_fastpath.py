@@ -16,6 +16,8 @@ from sms.app import create_app
 from sms.fastpath import FastPath, new_request_id
 
 VALUES = {"username": "app", "password": "pa55-<&>-wörd", "port": 5432, "tls": True, "ratio": 0.5}
+# ASCII-only values are spliced into the answer as stored (no parse and re-encode): same bytes.
+ASCII_VALUES = {"z": "last", "a": "first \\ \" \n\t</script>", "big": 10**18, "neg": -0.0, "f": 1e-7, "t": False}
 
 
 @pytest.fixture
@@ -33,6 +35,8 @@ def dom(apps, root_headers, unique):
     name = f"fp-{unique}"
     assert client.post("/v1/domains", json={"name": name}, headers=root_headers).status_code == 201
     assert client.post(f"/v1/domains/{name}/secrets", json={"name": "s", "values": VALUES},
+                       headers=root_headers).status_code == 201
+    assert client.post(f"/v1/domains/{name}/secrets", json={"name": "ascii", "values": ASCII_VALUES},
                        headers=root_headers).status_code == 201
     return name
 
@@ -56,12 +60,14 @@ def _counts(app):
     return app.wsgi_app.served, app.wsgi_app.declined
 
 
-def test_a_read_is_served_fast_with_flasks_exact_answer_and_audit_entry(apps, services, root_headers, dom):
+@pytest.mark.parametrize(("name", "values"), [("s", VALUES), ("ascii", ASCII_VALUES)])
+def test_a_read_is_served_fast_with_flasks_exact_answer_and_audit_entry(apps, services, root_headers, dom,
+                                                                         name, values):
     before = _counts(apps[0])
-    (fr, fa), (sr, sa) = _both(apps, services, "GET", f"/v1/domains/{dom}/secrets/s", root_headers)
+    (fr, fa), (sr, sa) = _both(apps, services, "GET", f"/v1/domains/{dom}/secrets/{name}", root_headers)
     assert _counts(apps[0]) == (before[0] + 1, before[1])  # served, not declined
     assert fr.status_code == sr.status_code == 200
-    assert fr.data == sr.data and json.loads(fr.data)["values"] == VALUES
+    assert fr.data == sr.data and json.loads(fr.data)["values"] == values
     assert list(fr.headers.items()) == list(sr.headers.items())
     assert fr.headers["ETag"] == '"1"' and fr.headers["Cache-Control"] == "no-store"
     assert fa == sa and fa["action"] == "secrets.read" and fa["detail"] == {"method": "GET", "version": 1}

@@ -123,3 +123,18 @@ def test_bad_versions_and_limits_are_refused(client, h, dom):
     assert_problem(client.put(base + "/metadata", json={"max_versions": 1000}, headers=h), 422)
     assert_problem(client.put(base, json={"values": GOOD}, headers={**h, "If-Match": "nope"}), 400)
     assert_intact(client, h, dom)
+
+
+def test_name_checks_hold_after_names_were_accepted_before():
+    from sms.secrets.errors import InvalidName
+    from sms.secrets.limits import check_name
+
+    long_name = "a" * 100  # a valid secret name, too long for a domain
+    for _ in range(3):  # accepted names are remembered; that must not widen what is accepted
+        assert check_name(long_name) == long_name
+        with pytest.raises(InvalidName):
+            check_name(long_name, kind="domain")
+        assert check_name("db.main", kind="domain") == "db.main"
+        for bad in ("", "a..b", "a/b", "-x", "é", None, 5, "a" * 129):
+            with pytest.raises(InvalidName):
+                check_name(bad)
