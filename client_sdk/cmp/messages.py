@@ -867,18 +867,16 @@ def _int_der(n: int) -> bytes:
 
 
 _CERT_RESPONSE_SLOTS: Final = {nt.name: nt.asn1Object for nt in rfc9480.CertResponse().componentType.namedTypes}
+_CERT_OR_ENC_CERT: Final = _CERT_RESPONSE_SLOTS["certifiedKeyPair"].componentType["certOrEncCert"].asn1Object \
+    .componentType["certificate"].asn1Object
 _CERT_REP_SLOTS: Final = {nt.name: nt.asn1Object for nt in rfc9480.CertRepMessage().componentType.namedTypes}
 
 
 def _cert_response_der(r: CertResponse) -> bytes:
     """CertResponse from parts: cached certReqId and status, the certificate as its DER."""
     parts = [_int_der(r.cert_req_id), _status_der(r.status)]
-    if r.certificate is not None:
-        ckp = _CERT_RESPONSE_SLOTS["certifiedKeyPair"].clone()
-        coe = _asn1.slot(ckp, "certOrEncCert")
-        _asn1.put_cert(coe, "certificate", r.certificate)
-        ckp["certOrEncCert"] = coe
-        parts.append(_asn1.encode(ckp))
+    if r.certificate is not None:  # CertifiedKeyPair { certOrEncCert (CHOICE: no tag of its own) }
+        parts.append(_asn1.raw_sequence_der(_asn1.encode(_asn1.cert_der_value(r.certificate, _CERT_OR_ENC_CERT))))
     if r.rsp_info is not None:
         parts.append(_asn1.encode(univ.OctetString(r.rsp_info)))
     return _asn1.raw_sequence_der(*parts)

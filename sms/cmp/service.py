@@ -64,7 +64,10 @@ class CmpReport:
     failure: str = ""
 
     def detail(self) -> dict[str, str]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v}
+        return {f: v for f in _REPORT_FIELDS if (v := getattr(self, f))}
+
+
+_REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(CmpReport))
 
 
 def _printable(kid: bytes | None) -> str:
