@@ -144,7 +144,10 @@ FastHandler = Callable[[FastRequest], FastResponse | None]
 
 def json_bytes(doc: Any) -> bytes:
     """A JSON document exactly as the app's Flask JSON provider writes it (compact, ASCII, newline)."""
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    return _JSON(doc).encode() + b"\n"
+
+
+_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,12 @@ def _canonical(seq: int, ts: str, ev: AuditEvent, prev: str) -> bytes:
         "detail": ev.detail or {},
         "prev": prev,
     }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL_JSON(doc).encode()
+
+
+# Made once (json.dumps builds an encoder per call when given options); the same output.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_DETAIL_JSON = json.JSONEncoder(sort_keys=True).encode
 
 
 def _row_event(r: AuditRow) -> AuditEvent:
@@ -180,7 +185,7 @@ class AuditLog:
             seq += 1
             digest = hashlib.sha256(_canonical(seq, ts, ev, prev)).hexdigest()
             rows.append([seq, ts, ev.actor[:256], ev.action[:64], ev.resource[:1024], ev.outcome, ev.status,
-                         ev.request_id[:64], ev.remote[:64], json.dumps(ev.detail or {}, sort_keys=True),
+                         ev.request_id[:64], ev.remote[:64], _DETAIL_JSON(ev.detail or {}),
                          prev, digest, b"", self._label])
             prev = digest
         if mac:

@@ -36,3 +36,19 @@ def test_anonymous_request_with_nul_is_refused_and_audited(client, services):
     report = services.audit.verify()
     assert report.ok and report.entries == before + 1
     assert services.audit.entries(after=before)[-1]["resource"] == "sys/policies/\\x00"
+
+
+def test_canonical_form_is_unchanged_for_entries_already_written():
+    """Entries written before keep verifying: the canonical JSON is byte for byte what
+    json.dumps(sort_keys, compact, ensure_ascii=False) gave."""
+    import json
+
+    from sms.audit.service import AuditEvent, _canonical
+
+    ev = AuditEvent("token:ä\u2028", "secrets.read", "secrets/d/\\x00é", "ok", 200, "rid", "::1",
+                    {"z": [1, 2.5, None], "a": {"y": "ü", "b": True}, "method": "GET"})
+    doc = {"seq": 7, "ts": "t", "actor": ev.actor, "action": ev.action, "resource": ev.resource,
+           "outcome": ev.outcome, "status": ev.status, "request_id": ev.request_id, "remote": ev.remote,
+           "detail": ev.detail, "prev": "p"}
+    assert _canonical(7, "t", ev, "p") == json.dumps(doc, sort_keys=True, separators=(",", ":"),
+                                                     ensure_ascii=False).encode()
