@@ -683,20 +683,46 @@ LEAN_CERT_REQUEST_SPEC: Final = _lean_sequence(rfc4211.CertRequest(), {"certTemp
 LEAN_CERT_REQ_MSG_SPEC: Final = _lean_sequence(rfc4211.CertReqMsg(), {"certReq": univ.Any()})
 
 
-def _lean_body_spec() -> Any:
-    """PKIBody with the ir/cr/kur alternatives made of :data:`LEAN_CERT_REQ_MSG_SPEC` (same tags)."""
+def _lean_choice(spec: Any, replace: dict[str, Any]) -> Any:
+    """A CHOICE type like ``spec`` whose alternatives named in ``replace`` have other types."""
     from pyasn1.type import namedtype
 
+    fields = [namedtype.NamedType(nt.name, replace.get(nt.name, nt.asn1Object)) for nt in spec.componentType.namedTypes]
+    lean = type("Lean" + type(spec).__name__, (univ.Choice,), {
+        "componentType": namedtype.NamedTypes(*fields), "tagSet": spec.tagSet, "subtypeSpec": spec.subtypeSpec})
+    return lean()
+
+
+def _sequence_of(component: Any, like: Any) -> Any:
+    """SEQUENCE OF ``component`` with the tags and size constraint of ``like``."""
+    return univ.SequenceOf(componentType=component, tagSet=like.tagSet, subtypeSpec=like.subtypeSpec)
+
+
+_CRM_SLOTS = {nt.name: nt.asn1Object for nt in rfc9480.CertRepMessage().componentType.namedTypes}
+#: CertResponse whose certificate (certOrEncCert's [0] alternative) is left as its DER for
+#: cryptography (a pyasn1 pass over a certificate is the slowest part of reading an ip/cp/kup).
+LEAN_CERT_RESPONSE_SPEC: Final = _lean_sequence(rfc9480.CertResponse(), {
+    "certifiedKeyPair": _lean_sequence(rfc9480.CertifiedKeyPair(), {
+        "certOrEncCert": _lean_choice(rfc9480.CertOrEncCert(), {
+            "certificate": _tagged_any(rfc9480.CertOrEncCert(), "certificate")})})})
+#: CertRepMessage with caPubs as DER and :data:`LEAN_CERT_RESPONSE_SPEC` responses.
+LEAN_CERT_REP_SPEC: Final = _lean_sequence(rfc9480.CertRepMessage(), {
+    "caPubs": _sequence_of(univ.Any(), _CRM_SLOTS["caPubs"]),
+    "response": _sequence_of(LEAN_CERT_RESPONSE_SPEC, _CRM_SLOTS["response"])})
+
+
+def _lean_body_spec() -> Any:
+    """PKIBody with the ir/cr/kur alternatives made of :data:`LEAN_CERT_REQ_MSG_SPEC` and the
+    ip/cp/kup ones of :data:`LEAN_CERT_REP_SPEC` (same tags)."""
     spec = rfc9480.PKIBody()
-    fields = []
+    replace = {}
     for nt in spec.componentType.namedTypes:
         obj = nt.asn1Object
         if nt.name in ("ir", "cr", "kur"):
-            obj = univ.SequenceOf(componentType=LEAN_CERT_REQ_MSG_SPEC, tagSet=obj.tagSet, subtypeSpec=obj.subtypeSpec)
-        fields.append(namedtype.NamedType(nt.name, obj))
-    lean = type("LeanPKIBody", (univ.Choice,), {"componentType": namedtype.NamedTypes(*fields),
-                                                 "tagSet": spec.tagSet, "subtypeSpec": spec.subtypeSpec})
-    return lean()
+            replace[nt.name] = _sequence_of(LEAN_CERT_REQ_MSG_SPEC, obj)
+        elif nt.name in ("ip", "cp", "kup"):
+            replace[nt.name] = LEAN_CERT_REP_SPEC.clone(tagSet=obj.tagSet)
+    return _lean_choice(spec, replace)
 
 
 # ---- bodies ---------------------------------------------------------------------------------
@@ -824,19 +850,23 @@ class CertResponse:
 
     @classmethod
     def from_asn1(cls, value: Any) -> CertResponse:
+        """From a pyasn1 CertResponse or a :data:`LEAN_CERT_RESPONSE_SPEC` value (the certificate
+        as DER; then the result is encoded from its typed fields)."""
         cert = None
+        lean = isinstance(value, type(LEAN_CERT_RESPONSE_SPEC))
         if _asn1.present(value, "certifiedKeyPair"):
             ckp = value["certifiedKeyPair"]
             coe = ckp["certOrEncCert"]
             if coe.getName() != "certificate":
                 raise BadRequest("encrypted certificates are not supported")
-            cert = _asn1.cert_to_x509(coe["certificate"])
-        return _cached(cls(
+            cert = _asn1.cert_from_der(bytes(coe["certificate"])) if lean else _asn1.cert_to_x509(coe["certificate"])
+        out = cls(
             cert_req_id=int(value["certReqId"]),
             status=PKIStatusInfo.from_asn1(value["status"]),
             certificate=cert,
             rsp_info=_asn1.octets(value["rspInfo"]) if _asn1.present(value, "rspInfo") else None,
-        ), value)  # type: ignore[no-any-return]
+        )
+        return out if lean else _cached(out, value)  # type: ignore[no-any-return]
 
     def to_asn1(self) -> Any:
         cached = _from_cache(self)
@@ -907,6 +937,10 @@ class CertRepMessageBody(Body):
 
     @classmethod
     def from_asn1(cls, value: Any) -> Any:
+        if isinstance(value, type(LEAN_CERT_REP_SPEC)):  # certificates as DER: built from typed values
+            ca_pubs = tuple(_asn1.cert_from_der(bytes(c)) for c in value["caPubs"]) \
+                if _asn1.present(value, "caPubs") else ()
+            return cls(tuple(CertResponse.from_asn1(r) for r in value["response"]), ca_pubs)
         ca_pubs = tuple(_asn1.cert_to_x509(c) for c in value["caPubs"]) if _asn1.present(value, "caPubs") else ()
         return _cached(cls(tuple(CertResponse.from_asn1(r) for r in value["response"]), ca_pubs), value)
 
