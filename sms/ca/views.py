@@ -546,4 +546,11 @@ def ocsp_get(name: str, encoded: str) -> Response:
     return _ocsp(name, der)
 
 
+@blp.record_once
+def _on_register(state: Any) -> None:
+    from . import fast
+
+    fast.install(state.app)
+
+
 __all__ = ["blp"]
