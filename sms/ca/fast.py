@@ -67,7 +67,7 @@ class SignFast:
             log.error("audit append failed for request %s: %s", req.request_id, type(exc.__cause__).__name__)
             return _problem(start_response, req, 503, "unavailable",
                             "the audit log cannot be written; request refused", (("Retry-After", "5"),))
-        except Exception as exc:  # noqa: BLE001 - declined: Flask answers (and reports) it
+        except Exception as exc:  # declined: Flask answers (and reports) it
             if req.done:  # the certificate is stored: answering through Flask would issue another
                 log.error("request %s failed after its write: %s", req.request_id, type(exc).__name__, exc_info=exc)
                 return _problem(start_response, req, 500, "internal", "an internal error occurred; it has been logged")

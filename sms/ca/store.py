@@ -139,7 +139,7 @@ class _Inserted:
     """The result of a certificate insert: the audit entry committed with it (a request's
     :func:`sms.db.attach`-ed work) records the serial and profile."""
 
-    __slots__ = ("serial", "profile")
+    __slots__ = ("profile", "serial")
 
     def __init__(self, serial: int, profile: str) -> None:
         self.serial = serial

@@ -386,12 +386,12 @@ def test_a_replaced_profile_applies_to_the_next_certificate_and_a_deleted_one_to
     """The engine keeps a prepared builder per issuer, profile and key type: a profile written
     again (or deleted) must not leave the old one in use."""
     def profile(**kw: object) -> Profile:
-        base: dict[str, object] = dict(
-            name="svc", ca="root", key_types=frozenset({KeyType.EC_P256, KeyType.RSA_2048}),
-            default_validity=dt.timedelta(days=7), max_validity=dt.timedelta(days=30),
-            key_usage=frozenset({KeyUsageBit.DIGITAL_SIGNATURE, KeyUsageBit.KEY_ENCIPHERMENT}),
-            extended_key_usage=(ExtendedKeyUsage.SERVER_AUTH,), subject={SubjectAttr.CN: AttributeRule()},
-            san={SanType.DNS: SanRule()}, crl_url="http://pki.example.com/crl/a.crl")
+        base: dict[str, object] = {
+            "name": "svc", "ca": "root", "key_types": frozenset({KeyType.EC_P256, KeyType.RSA_2048}),
+            "default_validity": dt.timedelta(days=7), "max_validity": dt.timedelta(days=30),
+            "key_usage": frozenset({KeyUsageBit.DIGITAL_SIGNATURE, KeyUsageBit.KEY_ENCIPHERMENT}),
+            "extended_key_usage": (ExtendedKeyUsage.SERVER_AUTH,), "subject": {SubjectAttr.CN: AttributeRule()},
+            "san": {SanType.DNS: SanRule()}, "crl_url": "http://pki.example.com/crl/a.crl"}
         return Profile(**{**base, **kw})  # type: ignore[arg-type]
 
     def issue(key_type: KeyType = KeyType.EC_P256) -> x509.Certificate:
