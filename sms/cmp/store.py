@@ -29,7 +29,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pyasn1_alt_modules import rfc5280
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -412,7 +411,7 @@ def _chain(data: bytes | None) -> tuple[x509.Certificate, ...]:
 def requester_json(r: Requester) -> str:
     return json.dumps({
         "profile": r.profile, "auth": r.auth.value,
-        "sender": _b64(_asn1.encode(_asn1.general_name_from_x509(r.sender))),
+        "sender": _b64(_asn1.general_name_der(r.sender)),
         "kid": None if r.sender_kid is None else r.sender_kid.hex(),
         "cert": _b64(_cert_der(r.certificate)),
     }, sort_keys=True)
@@ -422,7 +421,7 @@ def requester_json(r: Requester) -> str:
 def requester_from_json(text: str) -> Requester:
     """Parse a stored requester (cached: every message of a transaction names the same one)."""
     d = json.loads(text)
-    gn = _asn1.general_name_to_x509(_asn1.decode(_unb64(d["sender"]) or b"", rfc5280.GeneralName()))
+    gn = _asn1.general_name_from_der(_unb64(d["sender"]) or b"")
     return Requester(profile=d["profile"], auth=AuthKind(d["auth"]), sender=gn,
                      sender_kid=None if d["kid"] is None else bytes.fromhex(d["kid"]),
                      certificate=_cert(_unb64(d["cert"])))
@@ -442,10 +441,10 @@ def issue_request_json(r: IssueRequest) -> str:
 
 def issue_request_from_json(text: str, requester: Requester) -> IssueRequest:
     d = json.loads(text)
-    subject = _asn1.name_to_x509(_asn1.decode(_unb64(d["subject"]) or b"", rfc5280.Name()))
+    subject = _asn1.name_from_der(_unb64(d["subject"]) or b"")
     exts: tuple[x509.Extension[x509.ExtensionType], ...] = ()
     if d["extensions"]:
-        exts = tuple(_asn1.extensions_to_x509(_asn1.decode(_unb64(d["extensions"]) or b"", rfc5280.Extensions())))
+        exts = tuple(_asn1.extensions_from_der(_unb64(d["extensions"]) or b""))
     csr = _unb64(d["csr"])
     return IssueRequest(
         profile=d["profile"], body_type=BodyType(d["body_type"]), subject=subject,
