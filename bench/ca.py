@@ -19,6 +19,12 @@
   SoftHSM token in this process, with 1 thread and with ``--connections`` threads.
 
 Prints requests/s, p50/p99 latency and server ms/request for each system and the ratios.
+
+``--in-process N`` measures instead the CPU of N signings with the app called as a WSGI callable
+in this process (same data directory, CA and request as the load runs; no granian, no wrk, no
+OpenBao), single thread and with ``--connections`` threads; ``--profile`` adds a cProfile. The
+load's requests are answered by the fast route of :mod:`sms.ca.fast` (the Flask view answers
+anything else).
 """
 from __future__ import annotations
 
@@ -220,6 +226,68 @@ def raw_sign_rate(workdir: Path, seconds: float, threads: int) -> dict[int, floa
         ks.close()
 
 
+# ---- in process ------------------------------------------------------------------------------------
+def in_process(workdir: Path, csrs: list[str], n: int, threads: int, profile: bool) -> None:
+    """CPU per signing with the app called as a WSGI callable in this process (no granian, no
+    wrk): the data directory and CA are made by ``csm serve`` as for the load runs, then the
+    server is stopped. Prints process CPU per request (min / median of batches of 50), single
+    thread and with ``threads`` threads (group commits as under load), and with ``profile`` a
+    cProfile of the single-thread run by own time (CPU clock of the thread)."""
+    import cProfile
+    import io
+    import pstats
+    import statistics
+
+    target, proc = start_csm(workdir, csrs, [])
+    H.stop(proc)
+    os.environ.pop("SOFTHSM2_CONF", None)
+    from sms.app import create_app
+    from sms.config import load_settings
+
+    app = create_app(load_settings({"data_dir": str(workdir / "csm-data"), "log_level": "WARNING"}))
+    path, query = target.path.split("?", 1)
+    bodies = [c.encode() for c in csrs]
+
+    def call(i: int) -> None:
+        body = bodies[i % len(bodies)]
+        env = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+               "CONTENT_TYPE": target.ctype, "CONTENT_LENGTH": str(len(body)), "HTTP_X_CSM_TOKEN": target.token}
+        status: list[str] = []
+        b"".join(app(env, lambda s, h, e=None: status.append(s)))
+        if not status[0].startswith("201"):
+            raise SystemExit(f"signing failed: {status[0]}")
+
+    for i in range(50):
+        call(i)
+    batches: list[float] = []
+    prof = cProfile.Profile(time.thread_time) if profile else None
+    for b in range(max(1, n // 50)):
+        t0 = time.process_time()
+        if prof:
+            prof.enable()
+        for i in range(50):
+            call(b * 50 + i)
+        if prof:
+            prof.disable()
+        batches.append((time.process_time() - t0) * 1000 / 50)
+    print(f"in process, 1 thread:   CPU per signing min {min(batches):.3f} ms, median "
+          f"{statistics.median(batches):.3f} ms ({len(batches) * 50} signings)")
+    per = max(1, n // threads)
+    t0 = time.process_time()
+    workers = [threading.Thread(target=lambda k=k: [call(k * per + i) for i in range(per)]) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    print(f"in process, {threads} threads: CPU per signing {(time.process_time() - t0) * 1000 / (per * threads):.3f} ms")
+    if prof:
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
+        print(out.getvalue())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=int, default=8, help="seconds per measured run (2..120)")
@@ -228,7 +296,18 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--csm-arg", action="append", default=[], help="extra argument for csm serve (repeatable)")
     ap.add_argument("--only-csm", action="store_true", help="measure csm alone (no OpenBao, no ratios)")
+    ap.add_argument("--in-process", type=int, metavar="N", default=0,
+                    help="instead: N signings through the app called in this process, CPU per signing (no OpenBao)")
+    ap.add_argument("--profile", action="store_true", help="with --in-process: cProfile of the single-thread run")
     args = ap.parse_args()
+    if args.in_process:
+        workdir = Path(tempfile.mkdtemp(prefix="csm-bench-ca-"))
+        try:
+            in_process(workdir, make_csrs(), min(max(args.in_process, 50), 100_000), max(1, args.connections),
+                       args.profile)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     duration, rounds = min(max(args.duration, 2), 120), min(max(args.rounds, 1), 5)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
