@@ -40,7 +40,7 @@ SIGN_PATH: Final = re.compile(rf"/v1/ca/({_NAME})/sign")
 _QUERY: Final = re.compile(rf"profile=({_NAME})")
 _CSR_TYPE: Final = "application/pkcs10"
 _PEM_CHAIN: Final = "application/pem-certificate-chain"
-_MAX_BODY: Final = MAX_CSR_BYTES * 2  # the Flask route's body limit
+_MAX_BODY: Final = MAX_CSR_BYTES * 2  # the Flask route's body limit (and the app's max_body_bytes)
 
 
 class SignFast:
@@ -94,7 +94,7 @@ class SignFast:
         if q is None or env.get("CONTENT_TYPE") != _CSR_TYPE or env.get("HTTP_ACCEPT", "*/*") != "*/*":
             return None
         length = env.get("CONTENT_LENGTH", "")
-        if not length.isdigit() or not 0 < int(length) <= _MAX_BODY:
+        if not length.isdigit() or not 0 < int(length) <= min(_MAX_BODY, req.services.settings.max_body_bytes):
             return None
         profile = q.group(1)
         resource = f"ca/{ca_name}/sign/{profile}"

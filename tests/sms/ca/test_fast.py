@@ -168,3 +168,17 @@ def test_a_failed_audit_write_stores_no_certificate(apps: Any, services: Any, ro
               root_headers, "audit-down")
     assert r.status_code >= 500
     assert len(store.search(CertificateQuery(ca_name=ca, limit=1000))) == issued_before
+
+
+def test_a_body_over_the_apps_limit_is_left_to_flask(make_services: Any, backend: str, unique: str) -> None:
+    services = make_services(backend, max_body_bytes=2048)
+    token, _ = services.auth.create_token(root=True, display_name="test-root")
+    root_headers = {"X-CSM-Token": token}
+    app = create_app(services=services)
+    client = app.test_client()
+    create_root(client, root_headers, f"lim-{unique}")
+    body = make_csr(name("l.example.com"), dns=["l.example.com"]) + b"\n" * 2048  # still a valid PEM CSR
+    before = _counts(app)
+    r = _post(app, f"/v1/ca/lim-{unique}/sign?profile=tls-server", body, root_headers, "too-big")
+    assert r.status_code == 413
+    assert _counts(app) == (before[0], before[1] + 1)
