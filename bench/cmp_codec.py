@@ -56,6 +56,19 @@ def main(n: int = 200) -> None:
     _bench("verify signature (ECDSA P-256)", lambda: cmp.verify_signature(sdec, cert), n)
     _bench("verify POP", lambda: cmp.verify_pop(decoded.body.requests[0]), n)  # type: ignore[attr-defined]
     _bench("protect PBM (500 iterations)", lambda: cmp.protect_with_pbm(msg, b"secret", iteration_count=500), n)
+    # the server's answer: ip with the certificate, PBM with a reused salt (derived key given)
+    params = cmp.PBMParameters(salt=b"s" * 16, iteration_count=500)
+    base_key = cmp.pbm_base_key(b"secret", params)
+
+    def ip() -> bytes:
+        body = builders.cert_rep_body(cmp.BodyType.IR, [builders.granted(0, cert)])
+        rsp = cmp.PKIMessage(builders.response_header(decoded.header, sender=_name("CA"), implicit_confirm=True), body)
+        return cmp.protect_with_pbm(rsp, b"secret", iteration_count=500, salt=params.salt,
+                                    base_key=base_key).encode()
+
+    _bench("build+protect+encode ip (PBM key cached)", ip, n)
+    ip_der = ip()
+    _bench("decode ip (client side)", lambda: cmp.PKIMessage.decode(ip_der), n)
 
 
 if __name__ == "__main__":

@@ -116,11 +116,11 @@ class InfoTypeAndValue:
 
     @classmethod
     def implicit_confirm(cls) -> InfoTypeAndValue:
-        return cls.of(InfoType.IMPLICIT_CONFIRM, _asn1.encode(univ.Null("")))
+        return _implicit_confirm_itav()
 
     @classmethod
     def confirm_wait_time(cls, when: _dt.datetime) -> InfoTypeAndValue:
-        return cls.of(InfoType.CONFIRM_WAIT_TIME, _asn1.encode(_asn1.gentime_from_datetime(when)))
+        return _confirm_wait_time_itav(when)
 
     @classmethod
     def certificates(cls, kind: InfoType, certs: Iterable[x509.Certificate]) -> InfoTypeAndValue:
@@ -165,6 +165,16 @@ class InfoTypeAndValue:
         if self.value is not None:
             out["infoValue"] = univ.Any(self.value)
         return out
+
+
+@functools.lru_cache(maxsize=1)
+def _implicit_confirm_itav() -> InfoTypeAndValue:
+    return InfoTypeAndValue.of(InfoType.IMPLICIT_CONFIRM, _asn1.encode(univ.Null("")))
+
+
+@functools.lru_cache(maxsize=16)
+def _confirm_wait_time_itav(when: _dt.datetime) -> InfoTypeAndValue:
+    return InfoTypeAndValue.of(InfoType.CONFIRM_WAIT_TIME, _asn1.encode(_asn1.gentime_from_datetime(when)))
 
 
 @dataclasses.dataclass(frozen=True)
