@@ -263,7 +263,10 @@ class CmpService:
     def handle(self, name: str | None, request: bytes) -> tuple[bytes, CmpReport]:
         """DER in, DER out for the profile ``name`` (None = default). Raises CmpProfileNotFound /
         CmpUnavailable before any protocol processing; protocol failures are CMP answers."""
-        server = self.server_for(name)
+        return self.serve(self.server_for(name), request)
+
+    def serve(self, server: CmpServer, request: bytes) -> tuple[bytes, CmpReport]:
+        """DER in, DER out on ``server`` (from :meth:`server_for`); never raises for bad input."""
         self.maybe_sweep()
         report = CmpReport(profile=server.profile.name)
         token = _REPORT.set(report)

@@ -89,6 +89,13 @@ def cmp_profile(profile: str) -> Response:
     return _serve(profile)
 
 
+@wellknown.record_once
+def _on_register(state: Any) -> None:
+    from . import fast
+
+    fast.install(state.app)
+
+
 # ---- management -------------------------------------------------------------------------------------
 
 def _iso(ts: float) -> str:
