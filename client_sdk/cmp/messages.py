@@ -356,7 +356,7 @@ def _lean_sequence(spec: Any, replace: dict[str, Any]) -> Any:
     return lean()
 
 
-class _TaggedAny(univ.Any):
+class _TaggedAny(univ.Any):  # type: ignore[misc]
     """A context-tagged ``univ.Any`` that matches only its own tag (a plain Any also matches any
     tag by default, which makes several optional ones in one SEQUENCE ambiguous to pyasn1)."""
 
@@ -876,7 +876,7 @@ class CertResponse:
             certificate=cert,
             rsp_info=_asn1.octets(value["rspInfo"]) if _asn1.present(value, "rspInfo") else None,
         )
-        return out if lean else _cached(out, value)  # type: ignore[no-any-return]
+        return out if lean else _cached(out, value)
 
     def to_asn1(self) -> Any:
         cached = _from_cache(self)
