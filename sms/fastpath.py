@@ -92,18 +92,23 @@ class FastRequest:
             return None
         return self.identity
 
-    def json_body(self, max_bytes: int) -> Any:
-        """The JSON body (a ``Content-Type: application/json`` body with a Content-Length within
-        ``max_bytes``), or None when it is anything else. Kept for Flask if the handler declines."""
+    def read_body(self, max_bytes: int, content_types: tuple[str, ...]) -> bytes | None:
+        """The body, if its Content-Type (lower-cased) is one of ``content_types`` and its
+        Content-Length within ``max_bytes``; else None. Kept for Flask if the handler declines."""
         env = self.environ
-        if env.get("CONTENT_TYPE", "").lower() not in _JSON_TYPES:
+        if env.get("CONTENT_TYPE", "").lower() not in content_types:
             return None
         length = env.get("CONTENT_LENGTH", "")
         if not length.isdigit() or not 0 < int(length) <= max_bytes:
             return None
         body = env["wsgi.input"].read(int(length))
         self.body = body
-        if len(body) != int(length):
+        return body if len(body) == int(length) else None
+
+    def json_body(self, max_bytes: int) -> Any:
+        """The JSON body (``Content-Type: application/json``, within ``max_bytes``), or None."""
+        body = self.read_body(max_bytes, _JSON_TYPES)
+        if body is None:
             return None
         try:
             return json.loads(body)
@@ -136,7 +141,8 @@ class FastResponse:
     status: int
     doc: Any  # JSON document
     headers: tuple[tuple[str, str], ...] = ()
-    raw: bytes | None = None  # the document already encoded as json_bytes would (then doc is unused)
+    raw: bytes | None = None  # the body as it is (then doc is unused): JSON as json_bytes writes it, or other
+    content_type: str = "application/json"
 
 
 FastHandler = Callable[[FastRequest], FastResponse | None]
@@ -155,12 +161,15 @@ class _Route:
     method: str
     pattern: re.Pattern[str]
     handler: FastHandler
+    query: bool
 
 
-def fast_route(app: Any, method: str, pattern: str, handler: FastHandler) -> None:
+def fast_route(app: Any, method: str, pattern: str, handler: FastHandler, *, query: bool = False) -> None:
     """Register ``handler`` for ``method`` on paths fully matching ``pattern`` (its groups are
-    the handler's ``args``). Call at blueprint registration; :func:`install` wires them."""
-    app.extensions.setdefault("csm_fast_routes", []).append(_Route(method, re.compile(pattern), handler))
+    the handler's ``args``). Requests with a query string reach it only with ``query=True`` (the
+    handler then reads ``QUERY_STRING`` itself). Call at blueprint registration; :func:`install`
+    wires them."""
+    app.extensions.setdefault("csm_fast_routes", []).append(_Route(method, re.compile(pattern), handler, query))
 
 
 class FastPath:
@@ -177,11 +186,12 @@ class FastPath:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         routes = self.by_method.get(environ.get("REQUEST_METHOD", ""))
-        if routes and not environ.get("QUERY_STRING"):
+        if routes:
             path = environ.get("PATH_INFO", "")
+            query = bool(environ.get("QUERY_STRING"))
             for route in routes:
                 m = route.pattern.fullmatch(path)
-                if m is not None:
+                if m is not None and (route.query or not query):
                     return self._serve(route, m.groups(), environ, start_response)
         return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
 
@@ -209,7 +219,7 @@ class FastPath:
         self.served += 1
         body = out.raw if out.raw is not None else json_bytes(out.doc)
         start_response(_STATUS_LINES[out.status], [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(body))), *out.headers,
+            ("Content-Type", out.content_type), ("Content-Length", str(len(body))), *out.headers,
             ("X-Request-ID", req.request_id), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
         ])
         return [body]

@@ -550,7 +550,7 @@ def ocsp_get(name: str, encoded: str) -> Response:
 def _on_register(state: Any) -> None:
     from . import fast
 
-    fast.install(state.app)
+    fast.register(state.app)
 
 
 __all__ = ["blp"]

@@ -16,29 +16,23 @@ from cryptography import x509
 from ca import CertificateQuery
 from hsm import KeyType
 from sms.app import create_app
-from sms.ca.fast import SignFast
+from sms.fastpath import FastPath
 from sms.ca.wiring import ca_store
 from tests.ca.conftest import leaf_key, make_csr, name
 
 from .helpers import create_intermediate, create_root, load_chain
 
 
-def _sign_fast(app: Any) -> SignFast:
-    w = app.wsgi_app
-    while not isinstance(w, SignFast):
-        w = w.wsgi_app
-    return w
+def _sign_fast(app: Any) -> FastPath:
+    assert isinstance(app.wsgi_app, FastPath)
+    return app.wsgi_app
 
 
 @pytest.fixture
 def apps(services: Any) -> tuple[Any, Any]:
     fast = create_app(services=services)
     slow = create_app(services=services)
-    outer = slow.wsgi_app  # FastPath (secrets) -> SignFast -> Flask: take SignFast out
-    if isinstance(outer, SignFast):
-        slow.wsgi_app = outer.wsgi_app
-    else:
-        outer.wsgi_app = _sign_fast(slow).wsgi_app
+    slow.wsgi_app = _sign_fast(slow).wsgi_app  # Flask only
     return fast, slow
 
 
