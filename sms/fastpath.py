@@ -218,10 +218,13 @@ class FastPath:
             return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
         self.served += 1
         body = out.raw if out.raw is not None else json_bytes(out.doc)
-        start_response(_STATUS_LINES[out.status], [
-            ("Content-Type", out.content_type), ("Content-Length", str(len(body))), *out.headers,
-            ("X-Request-ID", req.request_id), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
-        ])
+        headers = [("Content-Type", out.content_type), ("Content-Length", str(len(body))), *out.headers,
+                   ("X-Request-ID", req.request_id)]
+        # as sms.web.add_common_headers: a handler's own Cache-Control stays where it is
+        if not any(k == "Cache-Control" for k, _ in out.headers):
+            headers.append(("Cache-Control", "no-store"))
+        headers.append(("X-Content-Type-Options", "nosniff"))
+        start_response(_STATUS_LINES[out.status], headers)
         return [body]
 
 

@@ -93,7 +93,7 @@ def cmp_profile(profile: str) -> Response:
 def _on_register(state: Any) -> None:
     from . import fast
 
-    fast.install(state.app)
+    fast.register(state.app)
 
 
 # ---- management -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from werkzeug.test import Client
 
 from client_sdk import cmp
 from client_sdk.cmp import builders
-from sms.cmp.fast import CmpFast
+from sms.fastpath import FastPath
 from sms.runtime import Services
 from tests.client_sdk.cmptools import ec_key, name
 
@@ -26,11 +26,9 @@ def env(services: Services, tmp_path: Path) -> CmpEnv:
     return e
 
 
-def _fast(app: Any) -> CmpFast:
-    obj = app.wsgi_app
-    while not isinstance(obj, CmpFast):
-        obj = obj.wsgi_app
-    return obj
+def _fast(app: Any) -> FastPath:
+    assert isinstance(app.wsgi_app, FastPath)
+    return app.wsgi_app
 
 
 def _ir(env: CmpEnv, subject: str) -> bytes:
