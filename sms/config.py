@@ -49,7 +49,7 @@ class Settings:
     server: str = _s("granian", "WSGI server: granian (fastest) or gunicorn (needed for client-certificate identities).", choices=("granian", "gunicorn"))
     workers: int = _s(2, "Worker processes (each opens its own PKCS#11 session after the fork).", kind=int)
     threads: int = _s(8, "Threads per worker.", kind=int)
-    fast_routes: bool = _s(True, "Serve the plain success case of the hottest routes (secret read and replace) without Flask; identical answers, less CPU.", kind=bool)
+    fast_routes: bool = _s(True, "Serve the plain success case of the hottest routes (secret read and replace, CA sign, CMP) without Flask; identical answers, less CPU.", kind=bool)
     max_body_bytes: int = _s(1048576, "Largest accepted request body, in bytes.", kind=int)
     token_ttl: int = _s(3600, "Default TTL of new tokens, in seconds.", kind=int)
     token_max_ttl: int = _s(86400 * 32, "Maximum lifetime of a token including renewals, in seconds.", kind=int)
