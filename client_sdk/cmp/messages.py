@@ -636,34 +636,27 @@ class CertReqMsg:
         verified over exactly these bytes) and is decoded with the lean template."""
         cr_der = bytes(value["certReq"])
         cr = _asn1.decode(cr_der, LEAN_CERT_REQUEST_SPEC.clone(), what="CertRequest")
-
-        def attrs(seq: Any) -> tuple[Control, ...]:
-            return tuple(Control(x509.ObjectIdentifier(_asn1.oid_str(a["type"])), bytes(a["value"])) for a in seq)
-
-        msg = cls(
-            cert_req_id=int(cr["certReqId"]),
-            template=CertTemplate.from_lean(cr["certTemplate"]),
-            popo=ProofOfPossession.from_asn1(value["popo"]) if _asn1.present(value, "popo") else None,
-            controls=attrs(cr["controls"]) if _asn1.present(cr, "controls") else (),
-            reg_info=attrs(value["regInfo"]) if _asn1.present(value, "regInfo") else (),
-        )
+        msg = cls._from_parts(value, cr, CertTemplate.from_lean(cr["certTemplate"]))
         object.__setattr__(msg, "_cert_request_der", cr_der)
         return msg
 
     @classmethod
-    def from_asn1(cls, value: Any) -> CertReqMsg:
-        cr = value["certReq"]
-
+    def _from_parts(cls, value: Any, cr: Any, template: CertTemplate) -> CertReqMsg:
         def attrs(seq: Any) -> tuple[Control, ...]:
             return tuple(Control(x509.ObjectIdentifier(_asn1.oid_str(a["type"])), bytes(a["value"])) for a in seq)
 
-        msg = cls(
+        return cls(
             cert_req_id=int(cr["certReqId"]),
-            template=CertTemplate.from_asn1(cr["certTemplate"]),
+            template=template,
             popo=ProofOfPossession.from_asn1(value["popo"]) if _asn1.present(value, "popo") else None,
             controls=attrs(cr["controls"]) if _asn1.present(cr, "controls") else (),
             reg_info=attrs(value["regInfo"]) if _asn1.present(value, "regInfo") else (),
         )
+
+    @classmethod
+    def from_asn1(cls, value: Any) -> CertReqMsg:
+        cr = value["certReq"]
+        msg = cls._from_parts(value, cr, CertTemplate.from_asn1(cr["certTemplate"]))
         return _cached(msg, value)  # type: ignore[no-any-return]
 
     def to_asn1(self) -> Any:
