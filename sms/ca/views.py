@@ -3,6 +3,7 @@
 Policy paths (capabilities of :mod:`sms.auth.policy`):
 
 * ``ca`` — ``list`` CAs; ``ca/<name>`` — ``create`` (root, intermediate, import), ``read``;
+  an intermediate also needs ``sudo`` on ``ca/<parent>`` (the parent's key signs it);
 * ``ca/<name>/profiles`` — ``list``; ``ca/<name>/profiles/<profile>`` — ``read``, ``update``
   (create or replace), ``delete``;
 * ``ca/<name>/sign/<profile>`` — ``sign`` (CSR signing and server-side key generation);
@@ -52,7 +53,7 @@ from hsm.errors import HsmError
 from hsm.types import KeyType
 
 from ..auth.policy import Capability
-from ..errors import BadRequest
+from ..errors import BadRequest, PermissionDenied
 from ..web import current_identity, guard, handle_any_exception, services
 from . import schemas as sch
 from .errors import NotAcceptable, PayloadTooLarge, UnsupportedMediaType, problem_extensions, register
@@ -195,6 +196,13 @@ class Cas(MethodView):
         non-extractable token object). Installs the built-in profiles unless
         ``builtin_profiles`` is false."""
         svc = services()
+        if body.get("type") == "intermediate" and body.get("parent"):
+            # The parent's key signs the new CA's certificate: administrative use of the parent.
+            ident = current_identity()
+            assert ident is not None
+            parent = f"ca/{body['parent']}"
+            if not ident.can(parent, Capability.SUDO):
+                raise PermissionDenied(f"creating an intermediate CA needs sudo on {parent}")
         record = create_ca(engine(), svc.settings, body, requester=requester())
         resp = current_app.json.response(ca_json(record, svc.settings))
         resp.status_code = 201

@@ -388,3 +388,29 @@ def test_a_signing_is_audited_once_with_its_serial_in_the_certificate_transactio
     assert bad.status_code == 400
     failed = [e for e in services.audit.entries(after=entry["seq"], limit=1000) if e["action"] == "ca.sign"]
     assert len(failed) == 1 and failed[0]["status"] == 400 and "serial" not in failed[0]["detail"]
+
+
+def test_an_intermediate_needs_sudo_on_its_parent(client: Any, services: Any, root_headers: dict[str, str],
+                                                  unique: str) -> None:
+    root = f"par-{unique}"
+    create_root(client, root_headers, root)
+    pol = client.put("/v1/sys/policies/ca-maker", headers=root_headers, json={"rules": [
+        {"path": "ca/*", "capabilities": ["create", "read"]}]})
+    assert pol.status_code in (200, 201, 204), pol.get_data(as_text=True)
+    token, _ = services.auth.create_token(policies=["ca-maker"])
+    h = {"X-CSM-Token": token}
+    body = {"type": "intermediate", "name": f"sub-{unique}", "parent": root, "subject": f"CN=sub-{unique}"}
+    r = client.post("/v1/ca", json=body, headers=h)
+    assert r.status_code == 403 and r.mimetype == "application/problem+json", r.get_data(as_text=True)
+    assert "sudo" in r.get_json()["detail"]
+    entry = services.audit.entries(limit=100000)[-1]
+    assert entry["action"] == "ca.create" and entry["outcome"] == "denied"
+    assert client.get(f"/v1/ca/sub-{unique}", headers=root_headers).status_code == 404  # nothing created
+    client.put("/v1/sys/policies/ca-maker", headers=root_headers, json={"rules": [
+        {"path": "ca/*", "capabilities": ["create", "read"]}, {"path": f"ca/{root}", "capabilities": ["sudo"]}]})
+    services.auth.cache.clear()
+    r = client.post("/v1/ca", json=body, headers=h)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    # a root needs no parent permission
+    assert client.post("/v1/ca", json={"type": "root", "name": f"own-{unique}", "subject": f"CN=own-{unique}"},
+                       headers=h).status_code == 201
