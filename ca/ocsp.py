@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -28,7 +28,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from client_sdk.cmp import RevocationReason
-from hsm.errors import TokenUnavailable
+from hsm.errors import KeyNotFound, TokenUnavailable
 
 from .engine import CaEngine, ResponderCredential
 from .errors import InvalidCaMaterial, UnknownSerial
@@ -107,6 +107,10 @@ class OcspResponder:
     def ca_name(self) -> str:
         return self._ca_name
 
+    def _ca_signer(self) -> tuple[Any, Any]:
+        ca = self._engine.get_ca(self._ca_name)
+        return self._engine.signing_key(ca.name, SignatureKind.OCSP), signature_hash(ca.key_type)
+
     def _issuer_hashes(self, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
         cached = self._hashes.get(algorithm.name)
         if cached is None:
@@ -153,17 +157,27 @@ class OcspResponder:
                 reason = record.revocation.reason.to_x509()
         else:
             status = ocsp.OCSPCertStatus.GOOD
-        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+        base = ocsp.OCSPResponseBuilder().add_response_by_hash(
             issuer_name_hash=name_hash, issuer_key_hash=key_hash, serial_number=serial, algorithm=algorithm,
             cert_status=status, this_update=now, next_update=next_update,
             revocation_time=revocation_time, revocation_reason=reason)
-        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self._signer_cert)
+        if nonce is not None:
+            base = base.add_extension(x509.OCSPNonce(nonce), critical=False)
+        builder = base.responder_id(ocsp.OCSPResponderEncoding.HASH, self._signer_cert)
         if self._responder_cert is not None:
             builder = builder.certificates([self._responder_cert])
-        if nonce is not None:
-            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
         try:
-            response = builder.sign(self._key, self._sig_hash)
+            try:
+                response = builder.sign(self._key, self._sig_hash)
+            except KeyNotFound:
+                if self._responder_cert is None:
+                    raise
+                # The delegated responder's key is not (yet) found by this process: the CA key
+                # answers instead, which every client accepts as well.
+                log.warning("OCSP for %s: the delegated responder's key was not found; the CA key signs",
+                            self._ca_name)
+                ca_key, ca_hash = self._ca_signer()
+                response = base.responder_id(ocsp.OCSPResponderEncoding.HASH, ca.certificate).sign(ca_key, ca_hash)
         except TokenUnavailable:
             log.warning("OCSP for %s: the token is unavailable, answering tryLater", self._ca_name)
             return self._unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)

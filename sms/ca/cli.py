@@ -288,4 +288,47 @@ def build_group(base: Any) -> click.Group:
         _guarded(lambda: c.request("DELETE", f"/v1/ca/{ca_name}/profiles/{name}"))
         click.echo(f"profile {name} of {ca_name} deleted")
 
+    @ca_group.group("ocsp-responder")
+    def responder_group() -> None:
+        """The delegated OCSP responder that signs a CA's OCSP answers (else the CA key does)."""
+
+    def _responder_out(doc: dict[str, Any], as_json: bool, verb: str) -> None:
+        if as_json:
+            _out(doc, True)
+        else:
+            click.echo(f"{verb} OCSP responder of {doc['ca']}: serial {doc['serial']}, {doc['subject']}, "
+                       f"key {doc['key_label']} in the token, valid until {doc['not_after']}")
+
+    @responder_group.command("issue")
+    @_client_options
+    @click.argument("ca_name", metavar="CA")
+    @click.option("--days", "validity_days", type=click.IntRange(1, 366), default=30, show_default=True,
+                  help="Lifetime of the responder certificate (clamped to the CA's).")
+    @click.option("--json", "as_json", is_flag=True)
+    def responder_issue(ca_name: str, validity_days: int, as_json: bool, **kw: Any) -> None:
+        """Issue a responder for CA (key generated in the token) and let it sign the CA's OCSP
+        answers; a previous responder is replaced and its key destroyed."""
+        c = _client(**kw)
+        doc = _guarded(lambda: c.post(f"/v1/ca/{ca_name}/ocsp-responder", {"validity_days": validity_days}))
+        _responder_out(doc, as_json, "issued")
+
+    @responder_group.command("show")
+    @_client_options
+    @click.argument("ca_name", metavar="CA")
+    @click.option("--json", "as_json", is_flag=True)
+    def responder_show(ca_name: str, as_json: bool, **kw: Any) -> None:
+        """Show CA's responder (exit 1 with a message when the CA key signs its answers)."""
+        c = _client(**kw)
+        doc = _guarded(lambda: c.get(f"/v1/ca/{ca_name}/ocsp-responder"))
+        _responder_out(doc, as_json, "the")
+
+    @responder_group.command("remove")
+    @_client_options
+    @click.argument("ca_name", metavar="CA")
+    def responder_remove(ca_name: str, **kw: Any) -> None:
+        """Let the CA key sign CA's OCSP answers again (the responder's key is destroyed)."""
+        c = _client(**kw)
+        _guarded(lambda: c.request("DELETE", f"/v1/ca/{ca_name}/ocsp-responder"))
+        click.echo(f"the key of CA {ca_name} signs its OCSP answers again")
+
     return ca_group

@@ -97,3 +97,15 @@ class SignatureCountRow(Base):
     key_label: Mapped[str] = mapped_column(String(128), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class OcspResponderRow(Base):
+    """The delegated OCSP responder of a CA (migration ``0005_ocsp_responder``); no row: the CA
+    key signs its OCSP answers."""
+
+    __tablename__ = "ca_ocsp_responders"
+
+    ca_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_label: Mapped[str] = mapped_column(String(128))
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # DER
+    created_at: Mapped[int] = mapped_column(BigInteger)

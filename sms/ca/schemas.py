@@ -98,3 +98,8 @@ class ReportQuery(ma.Schema):
     ca = fields.String(validate=validate.Length(1, 63))
     expiring_days = fields.Integer(load_default=30, validate=validate.Range(0, MAX_DAYS))
     format = fields.String(load_default="json", validate=validate.OneOf(("json", "csv")))
+
+
+class OcspResponderSchema(ma.Schema):
+    validity_days = fields.Integer(load_default=30, strict=True, validate=validate.Range(1, 366),
+                                   metadata={"description": "lifetime of the responder certificate (clamped to the CA's)"})

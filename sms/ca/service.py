@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import ipaddress
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,12 +25,14 @@ from ca import (
     ImportCaRequest,
     InvalidRequest,
     Profile,
+    ResponderCredential,
     RevocationReason,
     UsageReport,
 )
 from hsm.types import KeyType
 
 from ..config import Settings
+from ..db import transaction
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +242,62 @@ __all__ = [
     "parse_reason", "parse_san", "parse_serial", "profile_json", "public_base", "report_csv", "report_json",
     "report_rows",
 ]
+
+
+# ---- delegated OCSP responders ---------------------------------------------------------------
+def issue_ocsp_responder(svc: Any, ca_name: str, *, validity_days: int, requester: str) -> ResponderCredential:
+    """Issue a delegated OCSP responder for ``ca_name`` (key generated in the token) and make it
+    the one that signs the CA's OCSP answers; the previous responder's key is destroyed (its
+    certificate stays in the inventory until it expires)."""
+    from .models import OcspResponderRow
+    from .wiring import ca_engine, forget_ocsp_responder
+
+    engine = ca_engine(svc)
+    cred = engine.issue_ocsp_responder(ca_name, validity=dt.timedelta(days=validity_days), requester=requester)
+    with transaction(svc.sessions) as s:
+        row = s.get(OcspResponderRow, ca_name)
+        old = row.key_label if row is not None else None
+        if row is None:
+            s.add(OcspResponderRow(ca_name=ca_name, key_label=cred.key_label, certificate=cred.certificate_der,
+                                   created_at=int(time.time())))
+        else:
+            row.key_label, row.certificate, row.created_at = cred.key_label, cred.certificate_der, int(time.time())
+    forget_ocsp_responder(svc, ca_name)
+    if old is not None and old != cred.key_label:
+        _destroy_key(svc, old)
+    return cred
+
+
+def stored_ocsp_responder(svc: Any, ca_name: str) -> ResponderCredential | None:
+    from .models import OcspResponderRow
+
+    with transaction(svc.sessions, write=False) as s:
+        row = s.get(OcspResponderRow, ca_name)
+        return None if row is None else ResponderCredential(row.ca_name, row.key_label, bytes(row.certificate))
+
+
+def remove_ocsp_responder(svc: Any, ca_name: str) -> bool:
+    """Go back to signing ``ca_name``'s OCSP answers with the CA key; False if it had no responder."""
+    from .models import OcspResponderRow
+    from .wiring import forget_ocsp_responder
+
+    with transaction(svc.sessions) as s:
+        row = s.get(OcspResponderRow, ca_name)
+        if row is None:
+            return False
+        label = row.key_label
+        s.delete(row)
+    forget_ocsp_responder(svc, ca_name)
+    _destroy_key(svc, label)
+    return True
+
+
+def _destroy_key(svc: Any, label: str) -> None:
+    import hsm
+
+    try:
+        svc.keystore.get().destroy(label)
+    except hsm.KeyNotFound:
+        pass
+    except hsm.HsmError as exc:  # the row is gone either way; the key is only unused
+        log.warning("could not destroy the old OCSP responder key %s: %s", label, type(exc).__name__)

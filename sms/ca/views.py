@@ -10,7 +10,8 @@ Policy paths (capabilities of :mod:`sms.auth.policy`):
 * ``ca/<name>/certs`` — ``list``/``read`` the inventory, ``revoke`` (also
   releasing a certificateHold); ``sudo`` lets a caller post
   usage statements for certificates it did not request; ``ca/certificates`` — ``list`` across CAs;
-* ``ca/report`` — ``read`` the usage report.
+* ``ca/report`` — ``read`` the usage report;
+* ``ca/<name>`` — ``sudo`` issues or removes the CA's delegated OCSP responder, ``read`` shows it.
 
 Unauthenticated: the CA certificate and chain (PEM, DER, PKCS#7), the CRL (DER, PEM) and OCSP.
 The requester recorded with a certificate is the caller's identity label (``token:<accessor>``
@@ -53,7 +54,7 @@ from hsm.errors import HsmError
 from hsm.types import KeyType
 
 from ..auth.policy import Capability
-from ..errors import BadRequest, PermissionDenied
+from ..errors import BadRequest, NotFound, PermissionDenied
 from ..web import current_identity, guard, handle_any_exception, services
 from . import schemas as sch
 from .errors import NotAcceptable, PayloadTooLarge, UnsupportedMediaType, problem_extensions, register
@@ -62,12 +63,15 @@ from .service import (
     cert_json,
     create_ca,
     decode_blob,
+    issue_ocsp_responder,
     parse_reason,
     parse_san,
     parse_serial,
     profile_json,
+    remove_ocsp_responder,
     report_csv,
     report_json,
+    stored_ocsp_responder,
 )
 from .wiring import ca_engine, crl_publisher, ocsp_responder
 
@@ -552,6 +556,50 @@ def ocsp_get(name: str, encoded: str) -> Response:
     except (binascii.Error, ValueError):
         der = b""
     return _ocsp(name, der)
+
+
+def _responder_json(name: str, cred: Any) -> dict[str, Any]:
+    cert = cred.certificate
+    return {"ca": name, "serial": f"{cert.serial_number:x}", "subject": cert.subject.rfc4514_string(),
+            "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
+            "key_label": cred.key_label,
+            "certificate": cert.public_bytes(serialization.Encoding.PEM).decode()}
+
+
+@blp.route("/<string:name>/ocsp-responder")
+class OcspResponderView(MethodView):
+    @guard(Capability.READ, "ca/{name}", action="ca.ocsp_responder.read")
+    @blp.alt_response(200, success=True, description="the CA's delegated OCSP responder")
+    def get(self, name: str) -> Any:
+        """The delegated OCSP responder that signs this CA's OCSP answers; 404 when the CA key signs them."""
+        engine().get_ca(name)  # 404 for an unknown CA
+        cred = stored_ocsp_responder(services(), name)
+        if cred is None:
+            raise NotFound(f"CA {name!r} signs its OCSP answers with its own key (no delegated responder)")
+        return current_app.json.response(_responder_json(name, cred))
+
+    @body_limit(MAX_JSON_BYTES)
+    @blp.arguments(sch.OcspResponderSchema)
+    @guard(Capability.SUDO, "ca/{name}", action="ca.ocsp_responder.issue")
+    @blp.alt_response(201, success=True, description="the new delegated OCSP responder")
+    def post(self, body: dict[str, Any], name: str) -> Any:
+        """Issue a delegated OCSP responder (key generated in the token; id-kp-OCSPSigning,
+        ocsp-nocheck) and let it sign the CA's OCSP answers from now on (other instances within
+        5 s). A previous responder is replaced and its key destroyed."""
+        cred = issue_ocsp_responder(services(), name, validity_days=body["validity_days"], requester=requester())
+        g.audit_detail = {"serial": f"{cred.certificate.serial_number:x}"}
+        resp = current_app.json.response(_responder_json(name, cred))
+        resp.status_code = 201
+        return resp
+
+    @guard(Capability.SUDO, "ca/{name}", action="ca.ocsp_responder.remove")
+    @blp.alt_response(204, success=True, description="the CA key signs OCSP answers again")
+    def delete(self, name: str) -> Any:
+        """Go back to signing OCSP answers with the CA key (the responder's key is destroyed)."""
+        engine().get_ca(name)
+        if not remove_ocsp_responder(services(), name):
+            raise NotFound(f"CA {name!r} has no delegated OCSP responder")
+        return Response(status=204)
 
 
 @blp.record_once

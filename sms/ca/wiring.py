@@ -5,7 +5,10 @@ Other front ends (REST views, the CMP service, the CLI) all reach the engine thr
 """
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +18,8 @@ from hsm.types import KeyInfo, KeyType
 
 from ..runtime import Services
 from .store import SqlCaStore
+
+log = logging.getLogger(__name__)
 
 _LOCK = threading.RLock()
 T = TypeVar("T")
@@ -86,17 +91,53 @@ def crl_publisher(svc: Services) -> CrlPublisher:
     return _once(svc, _CRL_KEY, lambda: CrlPublisher(engine))
 
 
+# A worker re-reads a CA's responder setting after this many seconds (another instance's change
+# applies within it; this one's at once).
+RESPONDER_TTL = 5.0
+
+
 def ocsp_responder(svc: Services, ca_name: str) -> OcspResponder:
-    """The OCSP responder of CA ``ca_name`` (signing with the CA key). Raises CaNotFound."""
+    """The OCSP responder of CA ``ca_name``: its delegated responder if it has one that has not
+    expired (``csm ca ocsp-responder``, ``POST /v1/ca/<name>/ocsp-responder``), else the CA key.
+    Raises CaNotFound."""
     engine = ca_engine(svc)
+    now = time.monotonic()
     with _LOCK:
-        responders: dict[str, OcspResponder] = svc.extras.setdefault(_OCSP_KEY, {})
-        responder = responders.get(ca_name)
-    if responder is None:
-        responder = OcspResponder(engine, ca_name)
-        with _LOCK:
-            responder = responders.setdefault(ca_name, responder)
+        cache: dict[str, tuple[float, bytes | None, OcspResponder]] = svc.extras.setdefault(_OCSP_KEY, {})
+        hit = cache.get(ca_name)
+    if hit is not None and now - hit[0] < RESPONDER_TTL:
+        return hit[2]
+    from .service import stored_ocsp_responder
+
+    cred = stored_ocsp_responder(svc, ca_name)
+    if cred is not None and cred.certificate.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+        log.warning("the OCSP responder certificate of CA %s has expired; the CA key signs its answers", ca_name)
+        cred = None
+    if cred is not None and not _key_visible(svc, cred.key_label):
+        # Just created by another worker and not visible in this process yet (SoftHSM indexes
+        # other processes' new objects lazily): the CA key answers, and the next request looks again.
+        log.warning("the OCSP responder key of CA %s is not visible here yet; the CA key signs meanwhile", ca_name)
+        cred, now = None, now - RESPONDER_TTL + 1.0  # look again in a second
+    der = cred.certificate_der if cred is not None else None
+    responder = hit[2] if hit is not None and hit[1] == der else OcspResponder(engine, ca_name, responder=cred)
+    with _LOCK:
+        cache[ca_name] = (now, der, responder)
     return responder
 
 
-__all__ = ["TokenKeys", "ca_engine", "ca_store", "crl_publisher", "ocsp_responder"]
+def _key_visible(svc: Services, label: str) -> bool:
+    ks = svc.keystore.get()
+    for delay in (0.0, 0.05):
+        time.sleep(delay)
+        if ks.exists(label):
+            return True
+    return False
+
+
+def forget_ocsp_responder(svc: Services, ca_name: str) -> None:
+    """Drop this worker's cached responder of ``ca_name`` (its responder setting changed)."""
+    with _LOCK:
+        svc.extras.setdefault(_OCSP_KEY, {}).pop(ca_name, None)
+
+
+__all__ = ["TokenKeys", "ca_engine", "ca_store", "crl_publisher", "forget_ocsp_responder", "ocsp_responder"]

@@ -160,3 +160,25 @@ def test_rsa_ca_signs_ocsp_responses_in_the_token(engine: CaEngine, tmp_path: Pa
     assert isinstance(public_key, rsa.RSAPublicKey) and resp.signature_hash_algorithm is not None
     public_key.verify(resp.signature, resp.tbs_response_bytes, padding.PKCS1v15(), resp.signature_hash_algorithm)
     assert lint("ocsp", answer.der) == []
+
+
+def test_a_delegated_responder_whose_key_is_gone_falls_back_to_the_ca_key(engine: CaEngine, root, sub,
+                                                                        keystore) -> None:
+    """The answer stays valid (signed by the CA key, no responder certificate), not internalError."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    credential = engine.issue_ocsp_responder("sub")
+    responder = OcspResponder(engine, "sub", responder=credential)
+    leaf = engine.issue(IssueRequest(ca="sub", profile="tls-client", csr=make_csr(name("f")), requester="t"))
+    keystore.destroy(credential.key_label)  # as another process may not (yet) find it
+    answer = responder.respond(_request(leaf.certificate, sub.certificate))
+    assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.cert_status is ocsp.OCSPCertStatus.GOOD
+    resp = ocsp.load_der_ocsp_response(answer.der)
+    assert resp.certificates == []
+    ca_cert = sub.certificate
+    assert resp.responder_key_hash == ca_cert.extensions.get_extension_for_class(
+        x509.SubjectKeyIdentifier).value.digest
+    pub = ca_cert.public_key()
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    pub.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(resp.signature_hash_algorithm))

@@ -414,3 +414,67 @@ def test_an_intermediate_needs_sudo_on_its_parent(client: Any, services: Any, ro
     # a root needs no parent permission
     assert client.post("/v1/ca", json={"type": "root", "name": f"own-{unique}", "subject": f"CN=own-{unique}"},
                        headers=h).status_code == 201
+
+
+def test_a_delegated_ocsp_responder_signs_the_answers_until_removed(client: Any, services: Any,
+                                                                     root_headers: dict[str, str],
+                                                                     cas: tuple[str, str], tmp_path: Path) -> None:
+    root, sub = cas
+    chain = anchor(client, sub)  # [sub CA, root]
+    leaf = load_chain(sign(client, root_headers, sub, make_csr(name("o.example.com"), dns=["o.example.com"])).data)[0]
+    url = f"/v1/ca/{sub}/ocsp-responder"
+    assert client.get(url, headers=root_headers).status_code == 404
+
+    def ask() -> ocsp.OCSPResponse:
+        der = ocsp.OCSPRequestBuilder().add_certificate(leaf, chain[0], hashes.SHA1()).build().public_bytes(
+            serialization.Encoding.DER)
+        r = client.post(f"/v1/ca/{sub}/ocsp", data=der, headers={"Content-Type": "application/ocsp-request"})
+        assert r.status_code == 200
+        (tmp_path / "resp.der").write_bytes(r.data)
+        return ocsp.load_der_ocsp_response(r.data)
+
+    def ski(cert: x509.Certificate) -> bytes:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+    assert ask().responder_key_hash == ski(chain[0])  # the CA key signs
+
+    # only sudo on the CA may change who signs its answers
+    client.put("/v1/sys/policies/ca-reader", headers=root_headers, json={"rules": [
+        {"path": f"ca/{sub}", "capabilities": ["read", "create", "update"]}]})
+    token, _ = services.auth.create_token(policies=["ca-reader"])
+    assert client.post(url, json={}, headers={"X-CSM-Token": token}).status_code == 403
+    assert client.post(url, json={"validity_days": 0}, headers=root_headers).status_code == 422
+
+    r = client.post(url, json={"validity_days": 10}, headers=root_headers)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    first = r.get_json()
+    responder = x509.load_pem_x509_certificate(first["certificate"].encode())
+    assert responder.issuer == chain[0].subject
+    assert x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING in responder.extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage).value
+    assert (responder.not_valid_after_utc - responder.not_valid_before_utc).days in (9, 10)
+    assert client.get(url, headers=root_headers).get_json()["serial"] == first["serial"]
+
+    answer = ask()
+    assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert answer.responder_key_hash == ski(responder)
+    assert [c.serial_number for c in answer.certificates] == [responder.serial_number]
+    issuer = write_pem(tmp_path / "issuer.pem", chain[0])
+    trust = write_pem(tmp_path / "trust.pem", chain[-1], chain[0])
+    leaf_file = write_pem(tmp_path / "leaf.pem", leaf)
+    v = openssl("ocsp", "-respin", tmp_path / "resp.der", "-issuer", issuer, "-cert", leaf_file, "-CAfile", trust)
+    assert "Response verify OK" in v.stdout + v.stderr and ": good" in v.stdout, v.stdout + v.stderr
+    assert pkilint_findings("ocsp", (tmp_path / "resp.der").read_bytes()) == []
+
+    # a new responder replaces the old one, whose key is destroyed
+    second = client.post(url, json={}, headers=root_headers).get_json()
+    assert second["serial"] != first["serial"]
+    assert not services.keystore.get().exists(first["key_label"])
+    assert ask().responder_key_hash != ski(responder)
+
+    assert client.delete(url, headers=root_headers).status_code == 204
+    assert not services.keystore.get().exists(second["key_label"])
+    assert ask().responder_key_hash == ski(chain[0])  # the CA key again
+    assert client.delete(url, headers=root_headers).status_code == 404
+    actions = [e["action"] for e in services.audit.entries(limit=100000)]
+    assert {"ca.ocsp_responder.issue", "ca.ocsp_responder.remove"} <= set(actions)

@@ -4,6 +4,7 @@ pkilint on what it served."""
 from __future__ import annotations
 
 import re
+import time
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,18 @@ def test_cli_and_openssl_against_the_running_service(served: Any, tmp_path: Path
     assert "bad.example.com.pem: revoked" in out and "Reason: keyCompromise" in out
     assert ": unknown" in ocsp("-serial", "0x1234567890abcdef1234")
 
+    # a delegated responder (key in the token) signs the answers; openssl checks its delegation
+    assert csm(srv, "ocsp-responder", "show", "e2e-sub").returncode == 1
+    r = csm(srv, "ocsp-responder", "issue", "e2e-sub", "--days", "7")
+    assert r.returncode == 0 and "issued OCSP responder of e2e-sub" in r.stdout, r.stdout + r.stderr
+    deadline = time.monotonic() + 10  # the other worker takes it up within RESPONDER_TTL (5 s)
+    while "OCSP Responder" not in (out := ocsp("-cert", tmp_path / "good.example.com.pem")):
+        assert time.monotonic() < deadline, out  # the CA key answers meanwhile (and openssl accepts it)
+        time.sleep(0.5)
+    assert "good.example.com.pem: good" in out  # signed by the responder, whose certificate is in the answer
+    assert csm(srv, "ocsp-responder", "remove", "e2e-sub").returncode == 0
+    assert "OCSP Responder" not in ocsp("-cert", tmp_path / "good.example.com.pem")
+
     rep = csm(srv, "report", "--csv", "--ca", "e2e-sub", "--expiring-days", "400")
     assert rep.returncode == 0 and rep.stdout.startswith("section,ca,profile")
     assert "issuance,e2e-sub,tls-server,token:" in rep.stdout
@@ -107,7 +120,7 @@ def test_every_ca_verb_has_help() -> None:
 
     from sms.cli import main
 
-    for verb in ("init", "intermediate", "import", "list", "sign", "revoke", "release-hold", "crl", "report", "profile",
+    for verb in ("init", "intermediate", "import", "list", "sign", "revoke", "release-hold", "crl", "report", "profile", "ocsp-responder",
                  "profile list", "profile show", "profile put", "profile delete"):
         h = CliRunner().invoke(main, ["ca", *verb.split(), "--help"])
         assert h.exit_code == 0 and "Usage:" in h.output, verb
