@@ -433,6 +433,19 @@ def _general_info_der(items: tuple[InfoTypeAndValue, ...]) -> bytes:
 
 # ---- CRMF -----------------------------------------------------------------------------------
 
+def _template_validity(value: Any) -> tuple[_dt.datetime | None, _dt.datetime | None]:
+    """A CertTemplate's notBefore / notAfter; BadDataFormat for the fields RFC 4211 5 forbids here."""
+    p = _asn1.present
+    nb = na = None
+    if p(value, "validity"):
+        v = value["validity"]
+        nb = _asn1.time_to_datetime(v["notBefore"]) if p(v, "notBefore") else None
+        na = _asn1.time_to_datetime(v["notAfter"]) if p(v, "notAfter") else None
+    if p(value, "signingAlg") or p(value, "issuerUID") or p(value, "subjectUID"):
+        raise BadDataFormat("CertTemplate must not carry signingAlg, issuerUID or subjectUID")
+    return nb, na
+
+
 @dataclasses.dataclass(frozen=True)
 class CertTemplate:
     """CRMF CertTemplate (RFC 4211 §5) with cryptography types; every field optional."""
@@ -456,13 +469,7 @@ class CertTemplate:
     @classmethod
     def from_asn1(cls, value: Any) -> CertTemplate:
         p = _asn1.present
-        nb = na = None
-        if p(value, "validity"):
-            v = value["validity"]
-            nb = _asn1.time_to_datetime(v["notBefore"]) if p(v, "notBefore") else None
-            na = _asn1.time_to_datetime(v["notAfter"]) if p(v, "notAfter") else None
-        if p(value, "signingAlg") or p(value, "issuerUID") or p(value, "subjectUID"):
-            raise BadDataFormat("CertTemplate must not carry signingAlg, issuerUID or subjectUID")
+        nb, na = _template_validity(value)
         tpl = cls(
             subject=_asn1.name_to_x509(value["subject"]) if p(value, "subject") else None,
             public_key=_asn1.spki_to_key(value["publicKey"]) if p(value, "publicKey") else None,
@@ -481,13 +488,7 @@ class CertTemplate:
         cryptography directly (no pyasn1 pass over them). Same checks and errors as
         :meth:`from_asn1`; the result is encoded from its typed fields."""
         p = _asn1.present
-        nb = na = None
-        if p(value, "validity"):
-            v = value["validity"]
-            nb = _asn1.time_to_datetime(v["notBefore"]) if p(v, "notBefore") else None
-            na = _asn1.time_to_datetime(v["notAfter"]) if p(v, "notAfter") else None
-        if p(value, "signingAlg") or p(value, "issuerUID") or p(value, "subjectUID"):
-            raise BadDataFormat("CertTemplate must not carry signingAlg, issuerUID or subjectUID")
+        nb, na = _template_validity(value)
         # [5] subject / [3] issuer are EXPLICIT (Name is a CHOICE): the content is the Name's DER;
         # [6] publicKey / [9] extensions are IMPLICIT: the content is that of the SEQUENCE
         return cls(
