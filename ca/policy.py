@@ -10,7 +10,6 @@ the CA's notBefore).
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
 import re
 from collections.abc import Sequence

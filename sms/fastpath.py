@@ -32,6 +32,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from .audit.service import AuditEvent
@@ -235,7 +236,7 @@ def _problem(start_response: Callable[..., Any], req: FastRequest, status: int, 
     pt = PROBLEM_TYPES[slug]
     body = json_bytes({"type": pt.uri, "title": pt.title, "status": status, "detail": detail,
                        "instance": req.environ.get("PATH_INFO", ""), "request_id": req.request_id})
-    start_response(f"{status} {'SERVICE UNAVAILABLE' if status == 503 else 'INTERNAL SERVER ERROR'}", [
+    start_response(f"{status} {HTTPStatus(status).phrase.upper()}", [
         ("Content-Type", "application/problem+json"), ("Content-Length", str(len(body))), *headers,
         ("X-Request-ID", req.request_id), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
     ])

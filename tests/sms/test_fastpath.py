@@ -49,7 +49,7 @@ def _last_entry(services):
 def _both(apps, services, method, path, headers, **kw):
     """Send the same request (same X-Request-ID) to the fast and the Flask-only app."""
     out = []
-    for i, app in enumerate(apps):
+    for app in apps:
         h = {**headers, "X-Request-ID": f"same-{path.count('/')}-{method}"}
         r = app.test_client().open(path, method=method, headers=h, **kw)
         out.append((r, _last_entry(services)))
