@@ -64,23 +64,29 @@ class EngineIssuer:
         self._profiles = dict(profiles or {})
         self._identify = identify
 
-    def issue(self, request: CmpIssueRequest) -> CmpIssued:
+    def issue(self, request: CmpIssueRequest, *,
+              before_store: Callable[[CmpIssued], None] | None = None) -> CmpIssued:
         req = request
         profile = self._profiles.get(req.profile, req.profile)
         who = self._identify(req.requester)
         renewal_of = None
         if req.body_type is BodyType.KUR and req.old_certificate is not None:
             renewal_of = self._own_serial(req.old_certificate)
+        hook: Callable[[x509.Certificate], None] | None = None
+        if before_store is not None:
+            def hook(cert: x509.Certificate) -> None:
+                before_store(CmpIssued(certificate=cert, chain=_intermediates(self._engine.chain(self._ca))))
         try:
             issued: IssuedCertificate
             if req.csr is not None:
                 issued = self._engine.issue(IssueRequest(ca=self._ca, profile=profile, csr=req.csr, requester=who,
-                                                         not_after=req.not_after, renewal_of=renewal_of))
+                                                         not_after=req.not_after, renewal_of=renewal_of),
+                                            before_store=hook)
             else:
                 exts = tuple(e for e in req.extensions if not isinstance(e.value, x509.UnrecognizedExtension))
                 issued = self._engine.issue_for_key(KeyIssueRequest(
                     ca=self._ca, profile=profile, subject=req.subject, public_key=req.public_key, requester=who,
-                    extensions=exts, not_after=req.not_after, renewal_of=renewal_of))
+                    extensions=exts, not_after=req.not_after, renewal_of=renewal_of), before_store=hook)
         except ProfileViolation as exc:
             raise errors.BadCertTemplate("; ".join(f"{v.field}: {v.detail}" for v in exc.violations)) from None
         except CsrSignatureInvalid:
@@ -97,8 +103,7 @@ class EngineIssuer:
             if isinstance(exc, TokenUnavailable):
                 raise errors.SystemUnavail("the CA key is unavailable, try later") from None
             raise
-        intermediates = tuple(c for c in issued.chain if c.subject != c.issuer)
-        return CmpIssued(certificate=issued.certificate, chain=intermediates)
+        return CmpIssued(certificate=issued.certificate, chain=_intermediates(issued.chain))
 
     def _own_serial(self, certificate: x509.Certificate) -> int | None:
         try:
@@ -136,6 +141,11 @@ class EngineIssuer:
     def root_ca_key_update(self) -> RootCaKeyUpdate | None:
         """None: no update available (see the module docstring)."""
         return None
+
+
+def _intermediates(chain: tuple[x509.Certificate, ...]) -> tuple[x509.Certificate, ...]:
+    """The CA chain without self-signed certificates (what a CMP answer carries in extraCerts)."""
+    return tuple(c for c in chain if c.subject != c.issuer)
 
 
 def _der(certificate: x509.Certificate) -> bytes:

@@ -658,26 +658,34 @@ class CaEngine:
         self._cas.delete_profile(ca_name, name)
 
     # -- issuance ----------------------------------------------------------------------------------------------
-    def issue(self, request: IssueRequest) -> IssuedCertificate:
+    def issue(self, request: IssueRequest, *,
+              before_store: Callable[[x509.Certificate], None] | None = None) -> IssuedCertificate:
         """Sign a PKCS#10 CSR under a profile. The CSR's signature is verified (InvalidCsr,
         CsrSignatureInvalid); the profile decides every extension (ProfileViolation listing all
         broken rules; nothing is signed or recorded then). Raises CaNotFound, ProfileNotFound,
-        CaNotUsable, SerialExhausted; HsmError from the token."""
+        CaNotUsable, SerialExhausted; HsmError from the token.
+
+        ``before_store`` is called with the signed certificate just before it is recorded (again
+        with the new one if a serial collision makes the engine sign anew): a caller prepares
+        what must be written in the certificate's own unit of work there (the CMP server stages
+        its transaction row that way). If it raises, nothing is recorded and the exception
+        propagates."""
         req = request
         csr = _read_csr(req.csr)
         return self._issue(ca_name=req.ca, profile_name=req.profile, subject=csr.subject,
                            public_key=csr.public_key, sans=(), extensions=csr.extensions,
                            requester=req.requester, validity=req.validity, not_after=req.not_after,
-                           renewal_of=req.renewal_of)
+                           renewal_of=req.renewal_of, before_store=before_store)
 
-    def issue_for_key(self, request: KeyIssueRequest) -> IssuedCertificate:
+    def issue_for_key(self, request: KeyIssueRequest, *,
+                      before_store: Callable[[x509.Certificate], None] | None = None) -> IssuedCertificate:
         """Issue for a public key whose possession the caller verified (e.g. CMP POP). Same
-        checks and errors as :meth:`issue` minus the CSR ones."""
+        checks, errors and ``before_store`` as :meth:`issue` minus the CSR ones."""
         req = request
         return self._issue(ca_name=req.ca, profile_name=req.profile, subject=req.subject,
                            public_key=req.public_key, sans=req.sans, extensions=req.extensions,
                            requester=req.requester, validity=req.validity, not_after=req.not_after,
-                           renewal_of=req.renewal_of)
+                           renewal_of=req.renewal_of, before_store=before_store)
 
     def issue_with_server_key(self, request: ServerKeygenRequest) -> ServerKeyBundle:
         """Server-side key generation — the LESS SAFE path, for callers that cannot make keys:
@@ -718,7 +726,8 @@ class CaEngine:
     def _issue(self, *, ca_name: str, profile_name: str, subject: x509.Name, public_key: PublicKeyTypes,
                sans: Sequence[x509.GeneralName], extensions: Sequence[x509.Extension[x509.ExtensionType]],
                requester: str, validity: dt.timedelta | None, not_after: dt.datetime | None,
-               renewal_of: int | None, server_generated: bool = False) -> IssuedCertificate:
+               renewal_of: int | None, server_generated: bool = False,
+               before_store: Callable[[x509.Certificate], None] | None = None) -> IssuedCertificate:
         ca = self._cas.get_ca(ca_name)
         profile = self._cas.get_profile(ca_name, profile_name)
         now = self.now()
@@ -750,7 +759,7 @@ class CaEngine:
                 der=cert.public_bytes(serialization.Encoding.DER), renewal_of=renewal_of,
                 server_generated_key=server_generated)
 
-        cert, rec = self._store_new(build, record)
+        cert, rec = self._store_new(build, record, before_store)
         log.info("issued %#x under %s/%s for %r", rec.serial, ca.name, profile.name, requester)
         return IssuedCertificate(record=rec, certificate=cert, chain=ca.chain)
 
@@ -766,15 +775,19 @@ class CaEngine:
             renewal_of=renewal_of, server_generated_key=server_generated, is_ca=is_ca)
 
     def _store_new(self, build: Callable[[int], x509.Certificate],
-                   make_record: Callable[[x509.Certificate], CertificateRecord]
+                   make_record: Callable[[x509.Certificate], CertificateRecord],
+                   before_store: Callable[[x509.Certificate], None] | None = None
                    ) -> tuple[x509.Certificate, CertificateRecord]:
-        """Sign with a fresh random serial and record; on DuplicateSerial retry with another."""
+        """Sign with a fresh random serial and record; on DuplicateSerial retry with another.
+        ``before_store`` sees each signed certificate before its record is added."""
         for attempt in range(1, self._serial_attempts + 1):
             serial = self._serial_source()
             if not 0 < serial < 1 << SERIAL_BITS:
                 raise ValueError("serial_source returned a serial outside 1..2**159-1")
             cert = build(serial)
             record = make_record(cert)
+            if before_store is not None:
+                before_store(cert)
             try:
                 self._certs.add(record)
             except DuplicateSerial:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 from cryptography import x509
@@ -74,7 +74,12 @@ class RootCaKeyUpdate:
 class Issuer(Protocol):
     """The CA engine as the CMP server sees it."""
 
-    def issue(self, request: IssueRequest) -> IssuedCertificate: ...
+    def issue(self, request: IssueRequest, *,
+              before_store: Callable[[IssuedCertificate], None] | None = None) -> IssuedCertificate:
+        """Issue; ``before_store`` is called with the signed certificate (and its chain) before the
+        certificate is recorded, in the caller's context, so that what the caller stages there
+        (:meth:`TransactionStore.stage`) can be written in the certificate's own unit of work.
+        If it raises, nothing is recorded and the exception propagates."""
 
     def revoke(self, serial_number: int, issuer: x509.Name, reason: RevocationReason | None,
                requester: Requester) -> None:
@@ -126,6 +131,19 @@ class TransactionStore(Protocol):
 
     def finish(self, transaction: Transaction) -> None:
         """Mark finished; the ID must stay known long enough to refuse replays."""
+
+    def in_use(self, profile: str, transaction_id: bytes) -> bool:
+        """Whether a transaction with this ID exists (in any state): a cheap check made before
+        any work for a replayed ID; the write that creates a transaction stays the authority."""
+
+    def stage(self, transaction: Transaction, *, new: bool) -> None:
+        """Store ``transaction`` (``new``: create it, else update it) with the exchange's next
+        write - the issued certificate's - in that write's unit of work if the store can (a new
+        one whose ID is taken then fails that write with TransactionIdInUse), otherwise now.
+        Called from the issuer's ``before_store``; a later call replaces what was staged."""
+
+    def flush_staged(self) -> None:
+        """Write what :meth:`stage` left if no write carried it (nothing when one did)."""
 
 
 @dataclasses.dataclass(frozen=True)

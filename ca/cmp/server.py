@@ -60,6 +60,7 @@ from .interfaces import (
     AuthKind,
     CmpProfileConfig,
     Issuer,
+    IssuedCertificate,
     IssueRequest,
     Requester,
     ResponseSigner,
@@ -271,14 +272,27 @@ class CmpServer:
     def _begin(self, msg: PKIMessage, requester: Requester, state: TransactionState, nonce: bytes,
                **fields: object) -> Transaction:
         """Store the new transaction with ``nonce``, the senderNonce of the answer to ``msg``."""
+        txn = self._new_transaction(msg, requester, state, nonce, **fields)
+        self.transactions.begin(txn)
+        return txn
+
+    def _new_transaction(self, msg: PKIMessage, requester: Requester, state: TransactionState, nonce: bytes,
+                         **fields: object) -> Transaction:
+        """A new transaction for ``msg``, not stored yet; TransactionIdInUse if its ID is known."""
         h = msg.header
         if h.recip_nonce is not None:
             raise errors.BadRecipientNonce("the first message of a transaction carries no recipNonce")
-        txn = Transaction(transaction_id=h.transaction_id or b"", profile=self.profile.name, state=state,
-                          requester=requester, request_type=msg.body_type, server_nonce=nonce,
-                          created=self._now(), **fields)  # type: ignore[arg-type]
-        self.transactions.begin(txn)
-        return txn
+        tid = h.transaction_id or b""
+        if self.transactions.in_use(self.profile.name, tid):
+            raise errors.TransactionIdInUse("transactionID already in use")
+        return Transaction(transaction_id=tid, profile=self.profile.name, state=state, requester=requester,
+                           request_type=msg.body_type, server_nonce=nonce, created=self._now(),
+                           **fields)  # type: ignore[arg-type]
+
+    def _answering(self, body: Body) -> None:
+        """Called with the answer's body before the write that concludes the exchange (the
+        answer is then this one unless something fails after that write). A hook for
+        subclasses (the service records the outcome with that write); nothing here."""
 
     def _continue(self, msg: PKIMessage, requester: Requester) -> Transaction:
         h = msg.header
@@ -331,30 +345,63 @@ class CmpServer:
                         issue_request=req, implicit_confirm=implicit)
             return _Outcome(builders.cert_rep_body(msg.body_type, [builders.waiting(cert_req_id, "awaiting approval")]),
                             nonce_recorded=True)
-        txn = self._begin(msg, requester, TransactionState.WAITING_CONFIRM, nonce, cert_req_id=cert_req_id,
-                          implicit_confirm=implicit)
-        return self._grant(txn, req, msg.body_type, cert_req_id, nonce)
+        # The new transaction is stored with the certificate (one unit of work, see _grant); a
+        # replayed ID is refused before anything is signed.
+        txn = self._new_transaction(msg, requester, TransactionState.WAITING_CONFIRM, nonce,
+                                    cert_req_id=cert_req_id, implicit_confirm=implicit)
+        return self._grant(txn, req, msg.body_type, cert_req_id, nonce, new=True)
 
     def _grant(self, txn: Transaction, req: IssueRequest, request_type: BodyType, cert_req_id: int,
-               nonce: bytes) -> _Outcome:
+               nonce: bytes, *, new: bool = False) -> _Outcome:
+        """Issue for ``txn`` (``new``: not stored yet). The transaction's final row (finished,
+        or waiting for certConf) is staged when the certificate is signed, so that the store
+        writes it in the certificate's own unit of work: one write per exchange."""
+        staged: list[tuple[x509.Certificate, _Outcome]] = []
+
+        def before_store(issued: IssuedCertificate) -> None:
+            out, final = self._granted(txn, issued, request_type, cert_req_id, nonce)
+            self._answering(out.body)
+            self.transactions.stage(final, new=new)
+            staged[:] = [(issued.certificate, out)]
+
         try:
-            issued = self.issuer.issue(req)
+            issued = self.issuer.issue(req, before_store=before_store)
+        except errors.TransactionIdInUse:  # the staged row's ID was taken meanwhile: nothing was stored
+            raise
         except errors.CmpError as exc:  # refused by policy: answer in the ip/cp/kup itself
-            self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED, reason=exc.detail))
-            return _Outcome(builders.cert_rep_body(request_type, [builders.refused(cert_req_id, exc)]),
-                            nonce_recorded=True)
+            body = builders.cert_rep_body(request_type, [builders.refused(cert_req_id, exc)])
+            self._answering(body)
+            done = dataclasses.replace(txn, state=TransactionState.FINISHED, reason=exc.detail)
+            if new:
+                self.transactions.begin(done)
+            else:
+                self.transactions.finish(done)
+            return _Outcome(body, nonce_recorded=True)
+        self.transactions.flush_staged()
+        if staged and staged[0][0] == issued.certificate:
+            return staged[0][1]
+        # an issuer that did not call before_store: store the transaction now
+        out, final = self._granted(txn, issued, request_type, cert_req_id, nonce)
+        if new:
+            self.transactions.begin(final)
+        else:
+            self.transactions.update(final)
+        return out
+
+    def _granted(self, txn: Transaction, issued: IssuedCertificate, request_type: BodyType, cert_req_id: int,
+                 nonce: bytes) -> tuple[_Outcome, Transaction]:
+        """The answer granting ``issued`` and the transaction as it is then stored."""
         ca_pubs = self._ca_pubs() if request_type is BodyType.IR and self.profile.return_ca_pubs else ()
         body = builders.cert_rep_body(request_type, [builders.granted(cert_req_id, issued.certificate)],
                                       ca_pubs=ca_pubs)
         if txn.implicit_confirm:
-            self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED,
-                                                         certificate=issued.certificate, chain=issued.chain))
-            return _Outcome(body, implicit_confirm=True, extra_certs=issued.chain, nonce_recorded=True)
+            return (_Outcome(body, implicit_confirm=True, extra_certs=issued.chain, nonce_recorded=True),
+                    dataclasses.replace(txn, state=TransactionState.FINISHED, certificate=issued.certificate,
+                                        chain=issued.chain))
         deadline = self._now() + self.profile.confirm_timeout
-        self.transactions.update(dataclasses.replace(txn, state=TransactionState.WAITING_CONFIRM,
-                                                     certificate=issued.certificate, chain=issued.chain,
-                                                     confirm_deadline=deadline, server_nonce=nonce))
-        return _Outcome(body, confirm_wait_time=deadline, extra_certs=issued.chain, nonce_recorded=True)
+        return (_Outcome(body, confirm_wait_time=deadline, extra_certs=issued.chain, nonce_recorded=True),
+                dataclasses.replace(txn, state=TransactionState.WAITING_CONFIRM, certificate=issued.certificate,
+                                    chain=issued.chain, confirm_deadline=deadline, server_nonce=nonce))
 
     def _ca_pubs(self) -> tuple[x509.Certificate, ...]:
         return tuple(c for c in self.issuer.ca_certificates() if c.subject == c.issuer)
@@ -394,12 +441,14 @@ class CmpServer:
                 raise errors.BadAlg(f"unsupported certConf hashAlg {st.hash_alg.dotted_string}") from None
         if not hmac.compare_digest(st.cert_hash, builders.cert_hash(txn.certificate, hash_alg)):
             raise errors.BadCertId("certHash does not match the issued certificate")
+        answer = builders.pkiconf_body()
+        self._answering(answer)
         if not st.accepted:
             reason = "; ".join(st.status_info.status_strings) if st.status_info else ""
             self._revoke_unconfirmed(txn, f"rejected by the requester: {reason}".rstrip(": "))
         else:
             self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED))
-        return _Outcome(builders.pkiconf_body(), nonce_recorded=True)
+        return _Outcome(answer, nonce_recorded=True)
 
     def _revoke_unconfirmed(self, txn: Transaction, reason: str) -> None:
         from client_sdk.cmp import RevocationReason
@@ -454,7 +503,7 @@ class CmpServer:
     def _general(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         body = msg.body
         assert isinstance(body, GenmBody)
-        self._begin(msg, requester, TransactionState.FINISHED, nonce)
+        txn = self._new_transaction(msg, requester, TransactionState.FINISHED, nonce)
         wanted = [i.kind for i in body.items] or [InfoType.CA_CERTS]
         items: list[InfoTypeAndValue] = []
         for kind in wanted:
@@ -472,18 +521,23 @@ class CmpServer:
                 items.append(InfoTypeAndValue.of(kind, _template_der(tpl) if tpl is not None else None))
             elif kind is InfoType.SIGN_KEY_PAIR_TYPES:
                 items.append(InfoTypeAndValue.of(kind, _key_types_der(self.profile)))
-        return _Outcome(builders.genp_body(items), nonce_recorded=True)
+        answer = builders.genp_body(items)
+        self._answering(answer)
+        self.transactions.begin(txn)
+        return _Outcome(answer, nonce_recorded=True)
 
     def _client_error(self, msg: PKIMessage, requester: Requester, nonce: bytes) -> _Outcome:
         txn = self._continue(msg, requester)
         body = msg.body
         assert isinstance(body, ErrorBody)
         reason = "; ".join(body.status_info.status_strings) or "client reported an error"
+        answer = PkiConfBody()
+        self._answering(answer)
         if txn.state is TransactionState.WAITING_CONFIRM and txn.certificate is not None:
             self._revoke_unconfirmed(txn, reason)
         else:
             self.transactions.finish(dataclasses.replace(txn, state=TransactionState.FINISHED, reason=reason))
-        return _Outcome(PkiConfBody(), nonce_recorded=True)
+        return _Outcome(answer, nonce_recorded=True)
 
 
 def _lenient(der: bytes) -> PKIHeader | None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from ..audit.service import AuditEvent
 from ..auth.service import Identity
 from ..fastpath import FastRequest, FastResponse, fast_route
+from .service import CmpReport
 from .wiring import cmp_service
 
 CONTENT_TYPE: Final = "application/pkixcmp"
@@ -31,10 +33,17 @@ def exchange(req: FastRequest) -> FastResponse | None:
     svc = cmp_service(req.services)
     server = svc.server_for(req.args[0] or None)  # unknown profile, CA unavailable: raises, Flask answers
     req.done = True  # from here on the exchange may write: never declined
-    der, report = svc.serve(server, body)
-    who = report.sender_kid or report.sender or "unauthenticated"
-    req.identity = Identity(kind="cmp", name=f"{report.profile}:{who}"[:200])
-    req.append_audit(req.event(f"cmp.{report.request}"[:64], f"cmp/{report.profile}", 200, report.detail()))
+
+    def event(report: CmpReport) -> AuditEvent:
+        who = report.sender_kid or report.sender or "unauthenticated"
+        req.identity = Identity(kind="cmp", name=f"{report.profile}:{who}"[:200])
+        return req.event(f"cmp.{report.request}"[:64], f"cmp/{report.profile}", 200, report.detail())
+
+    # the entry commits with the exchange's write (an ir's certificate, a certConf's finish)
+    # when it can; otherwise, or if the answer changed after that write, it is appended now
+    der, report = svc.serve(server, body, audit=(req.services.audit, event))
+    if not report.audited:
+        req.append_audit(event(report))
     return FastResponse(200, None, (("Cache-Control", "no-store"),), raw=der, content_type=CONTENT_TYPE)
 
 

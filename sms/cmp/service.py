@@ -35,6 +35,8 @@ from ca.cmp_issuer import EngineIssuer
 from client_sdk.cmp import BodyType, CertRepMessageBody, PKIMessage, RevocationReason
 from client_sdk.cmp import errors as cmp_errors
 
+from ..audit.service import AuditEvent, AuditLog
+from ..db import Attached, RawTx, attach
 from .errors import CmpRequestNotFound, CmpRequestNotPending, CmpUnavailable, InvalidCmpProfile
 from .store import (
     CmpProfile,
@@ -42,6 +44,7 @@ from .store import (
     ResponseProtection,
     SqlCmpProfileStore,
     SqlTransactionStore,
+    Stage,
 )
 
 log = logging.getLogger(__name__)
@@ -62,12 +65,62 @@ class CmpReport:
     response: str = ""
     status: str = ""
     failure: str = ""
+    #: the exchange's audit entry (:meth:`CmpService.serve` with ``audit``) was committed with
+    #: its write and says what the answer says: nothing more to record
+    audited: bool = dataclasses.field(default=False, compare=False)
 
     def detail(self) -> dict[str, str]:
         return {f: v for f in _REPORT_FIELDS if (v := getattr(self, f))}
 
 
-_REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(CmpReport))
+_REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(CmpReport) if f.name != "audited")
+
+
+def _no_work(tx: RawTx, result: object) -> None:
+    pass
+
+
+def _no_finish(tx: RawTx) -> None:
+    pass
+
+
+class _ExchangeWork:
+    """What one CMP exchange writes with its (first) database write - on the hot path the issued
+    certificate's insert: the CMP transaction row it staged and, once the report names the
+    answer (:meth:`CmpServer._answering`), its audit entry. So an ir, its certificate, its
+    transaction and its audit entry commit together (one transaction, no other commit)."""
+
+    def __init__(self, stage: Stage, report: CmpReport,
+                 audit: tuple[AuditLog, Callable[[CmpReport], AuditEvent]] | None) -> None:
+        self.stage = stage
+        self.report = report
+        self.event = audit[1] if audit is not None else None
+        self.entry = audit[0].attached(self._event) if audit is not None else None
+        self.work = Attached(self._prepare, self.entry.finish if self.entry is not None else _no_finish)
+
+    def _event(self) -> AuditEvent:
+        assert self.event is not None
+        return self.event(self.report)
+
+    def _prepare(self) -> Callable[[RawTx, object], None]:
+        unit = self.stage.take()
+        add_entry = self.entry.prepare() if self.entry is not None and self.report.response else None
+        if unit is None and add_entry is None:
+            return _no_work
+
+        def add(tx: RawTx, result: object) -> None:
+            if unit is not None:
+                unit(tx)
+            if add_entry is not None:
+                add_entry(tx, None)  # the write's own result (a certificate's serial) is not CMP's detail
+
+        return add
+
+    def audited(self) -> bool:
+        """The entry committed with the write says what the final report says."""
+        if self.entry is None or self.event is None or not self.work.committed:
+            return False
+        return self.entry.record is not None and self.entry.record == self.event(self.report)
 
 
 def _printable(kid: bytes | None) -> str:
@@ -99,16 +152,24 @@ class ReportingCmpServer(CmpServer):
             rep.auth = requester.auth.value
         return requester
 
-    def _respond(self, request: Any, out: _Outcome, requester: Requester | None, nonce: bytes | None = None) -> bytes:
+    @staticmethod
+    def _note_answer(body: Any) -> None:
         rep = _REPORT.get()
         if rep is not None:
-            rep.response = out.body.body_type.asn1_name
-            body = out.body
+            rep.response = body.body_type.asn1_name
             if isinstance(body, CertRepMessageBody) and body.responses:
                 st = body.responses[0].status
                 rep.status = st.status.name.lower()
                 if st.fail_info:
                     rep.failure = ",".join(sorted(f.name for f in st.fail_info))
+
+    def _answering(self, body: Any) -> None:
+        """The answer is known before the exchange's concluding write: the report names it, so
+        the audit entry can commit with that write."""
+        self._note_answer(body)
+
+    def _respond(self, request: Any, out: _Outcome, requester: Requester | None, nonce: bytes | None = None) -> bytes:
+        self._note_answer(out.body)
         return super()._respond(request, out, requester, nonce)
 
     def _remember_nonce(self, request: Any, response: Any) -> None:
@@ -265,13 +326,24 @@ class CmpService:
         CmpUnavailable before any protocol processing; protocol failures are CMP answers."""
         return self.serve(self.server_for(name), request)
 
-    def serve(self, server: CmpServer, request: bytes) -> tuple[bytes, CmpReport]:
-        """DER in, DER out on ``server`` (from :meth:`server_for`); never raises for bad input."""
-        self.maybe_sweep()
+    def serve(self, server: CmpServer, request: bytes, *,
+              audit: tuple[AuditLog, Callable[[CmpReport], AuditEvent]] | None = None) -> tuple[bytes, CmpReport]:
+        """DER in, DER out on ``server`` (from :meth:`server_for`); never raises for bad input.
+
+        The exchange's transaction row rides in the issued certificate's write. With ``audit``
+        (the log and the exchange's entry as a function of the report), the entry commits with
+        the exchange's concluding write when the answer is known by then; ``report.audited``
+        tells whether it did (else the caller appends it, as for any read)."""
+        self.maybe_sweep()  # its writes are its own, never the exchange's
         report = CmpReport(profile=server.profile.name)
         token = _REPORT.set(report)
         try:
-            return server.handle(request), report
+            with self.transactions.exchange() as stage:
+                work = _ExchangeWork(stage, report, audit)
+                with attach(work.work):
+                    der = server.handle(request)
+            report.audited = work.audited()
+            return der, report
         finally:
             _REPORT.reset(token)
 

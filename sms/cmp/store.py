@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import enum
@@ -38,7 +40,7 @@ from ca.cmp import AuthKind, IssueRequest, Requester, Transaction, TransactionSt
 from client_sdk.cmp import BodyType, _asn1
 from client_sdk.cmp import errors as cmp_errors
 
-from ..db import RawTx, raw_transaction, transaction, writer
+from ..db import RawTx, raw_transaction, read_one, transaction, writer
 from ..errors import Conflict
 from .errors import CmpProfileExists, CmpProfileNotFound, InvalidCmpProfile
 from .models import CmpProfileRow, CmpSecretRow, CmpTransactionRow
@@ -512,8 +514,36 @@ _SET_NONCE = (f"UPDATE {CmpTransactionRow.__tablename__} SET server_nonce = ? "
               "WHERE profile = ? AND transaction_id = ? AND state <> ?")
 
 
+_EXISTS_TXN = f"SELECT 1 FROM {CmpTransactionRow.__tablename__} WHERE profile = ? AND transaction_id = ?"
+
+
+class Stage:
+    """The transaction row one CMP exchange has staged (:meth:`SqlTransactionStore.stage`) for
+    its next database write. :meth:`take` gives the unit that writes it to whoever carries it
+    (the service's work attached to the exchange, see :mod:`sms.cmp.service`); it may be taken
+    again when that write is retried, and is replaced when the exchange stages anew."""
+
+    __slots__ = ("unit", "taken", "finished")
+
+    def __init__(self) -> None:
+        self.unit: Callable[[RawTx], None] | None = None
+        self.taken: Callable[[RawTx], None] | None = None
+        self.finished: Transaction | None = None  # the staged row finishes its transaction
+
+    def take(self) -> Callable[[RawTx], None] | None:
+        self.taken = self.unit
+        return self.unit
+
+
+_STAGE: contextvars.ContextVar[Stage | None] = contextvars.ContextVar("csm_cmp_stage", default=None)
+
+
 class SqlTransactionStore:
-    """:class:`ca.cmp.TransactionStore` over the service database (SQLite or PostgreSQL)."""
+    """:class:`ca.cmp.TransactionStore` over the service database (SQLite or PostgreSQL).
+
+    Within :meth:`exchange`, :meth:`stage` leaves the row for the exchange's next write to carry
+    (the service attaches it, with the exchange's audit entry, to the certificate's insert: one
+    transaction for certificate, CMP transaction and audit entry); outside, it writes at once."""
 
     def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], float] = time.time) -> None:
         self._sessions = sessions
@@ -527,18 +557,72 @@ class SqlTransactionStore:
             while len(self._finished) > 4096:
                 self._finished.popitem(last=False)
 
-    def begin(self, transaction_: Transaction) -> None:
-        t = transaction_
+    def _insert_unit(self, t: Transaction) -> Callable[[RawTx], None]:
         values = _txn_values(t)
         values.update(profile=t.profile, transaction_id=_tid(t.transaction_id), created_at=t.created.timestamp(),
                       updated_at=self._clock())
         row = tuple(values[c] for c in _TXN_COLUMNS)
-        try:
-            writer(self._sessions).run(lambda tx: tx.execute(_INSERT_TXN, row))
-        except IntegrityError:
-            raise cmp_errors.TransactionIdInUse("transactionID already in use") from None
+
+        def insert(tx: RawTx) -> None:
+            try:
+                tx.execute(_INSERT_TXN, row)
+            except IntegrityError:
+                raise cmp_errors.TransactionIdInUse("transactionID already in use") from None
+
+        return insert
+
+    def _update_unit(self, t: Transaction) -> Callable[[RawTx], None]:
+        values = _txn_values(t, with_request=False)  # requester and request never change
+        params = (*(values[c] for c in _UPDATE_COLUMNS), self._clock(), t.profile, _tid(t.transaction_id))
+
+        def update(tx: RawTx) -> None:
+            tx.execute(_UPDATE_TXN, params)
+
+        return update
+
+    def begin(self, transaction_: Transaction) -> None:
+        t = transaction_
+        writer(self._sessions).run(self._insert_unit(t))
         if t.state is TransactionState.FINISHED:
             self._note_finished(t)
+
+    @contextlib.contextmanager
+    def exchange(self) -> Iterator[Stage]:
+        """The scope of one CMP exchange: :meth:`stage` leaves its row in the yielded Stage."""
+        stage = Stage()
+        token = _STAGE.set(stage)
+        try:
+            yield stage
+        finally:
+            _STAGE.reset(token)
+
+    def in_use(self, profile: str, transaction_id: bytes) -> bool:
+        """Whether the ID is taken (one indexed read; none for an ID this process finished
+        lately). BadRequest for an ID longer than this store keeps."""
+        tid = _tid(transaction_id)
+        if (profile, transaction_id) in self._finished:
+            return True
+        return read_one(self._sessions, _EXISTS_TXN, (profile, tid)) is not None
+
+    def stage(self, transaction_: Transaction, *, new: bool) -> None:
+        t = transaction_
+        stage = _STAGE.get()
+        if stage is None:
+            (self.begin if new else self.update)(t)
+            return
+        stage.unit = self._insert_unit(t) if new else self._update_unit(t)
+        stage.finished = t if t.state is TransactionState.FINISHED else None
+
+    def flush_staged(self) -> None:
+        """Called once the certificate is stored: the staged row is then committed with it (if
+        that write took it), or is written now."""
+        stage = _STAGE.get()
+        if stage is None or stage.unit is None:
+            return
+        if stage.taken is not stage.unit:
+            writer(self._sessions).run(stage.take())  # type: ignore[arg-type]
+        if stage.finished is not None:
+            self._note_finished(stage.finished)
 
     def lookup(self, profile: str, transaction_id: bytes) -> Transaction | None:
         if len(transaction_id) > MAX_TRANSACTION_ID:
@@ -549,9 +633,7 @@ class SqlTransactionStore:
 
     def update(self, transaction_: Transaction) -> None:
         t = transaction_
-        values = _txn_values(t, with_request=False)  # requester and request never change
-        params = (*(values[c] for c in _UPDATE_COLUMNS), self._clock(), t.profile, _tid(t.transaction_id))
-        writer(self._sessions).run(lambda tx: tx.execute(_UPDATE_TXN, params))
+        writer(self._sessions).run(self._update_unit(t))
         if t.state is TransactionState.FINISHED:
             self._note_finished(t)
 

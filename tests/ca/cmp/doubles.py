@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -20,12 +21,15 @@ class MemoryIssuer:
         self.refuse: errors.CmpError | Exception | None = None
         self.root_update: RootCaKeyUpdate | None = None
 
-    def issue(self, request: IssueRequest) -> IssuedCertificate:
+    def issue(self, request: IssueRequest, *,
+              before_store: Callable[[IssuedCertificate], None] | None = None) -> IssuedCertificate:
         self.requests.append(request)
         if self.refuse is not None:
             raise self.refuse
         exts = [e for e in request.extensions if not isinstance(e.value, x509.UnrecognizedExtension)]
         cert = self.pki.issue(request.subject, request.public_key, extensions=exts)  # type: ignore[arg-type]
+        if before_store is not None:
+            before_store(IssuedCertificate(cert))
         self.issued[cert.serial_number] = cert
         return IssuedCertificate(cert)
 
@@ -73,6 +77,16 @@ class MemoryTransactions:
 
     def finish(self, transaction: Transaction) -> None:
         self.update(transaction)
+
+    def in_use(self, profile: str, transaction_id: bytes) -> bool:
+        with self._lock:
+            return (profile, transaction_id) in self.rows
+
+    def stage(self, transaction: Transaction, *, new: bool) -> None:
+        (self.begin if new else self.update)(transaction)  # no units of work here: at once
+
+    def flush_staged(self) -> None:
+        pass
 
     def only(self) -> Any:
         (row,) = self.rows.values()
