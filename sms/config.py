@@ -55,6 +55,8 @@ class Settings:
     token_max_ttl: int = _s(86400 * 32, "Maximum lifetime of a token including renewals, in seconds.", kind=int)
     auth_cache_ttl: int = _s(1, "Seconds a resolved token stays cached in a worker (0 = off). A revoke on another instance applies within this time.", kind=int)
     sqlite_synchronous: str = _s("FULL", "SQLite only. FULL: every commit is fsynced (survives power loss). NORMAL: fsync at checkpoints only; crash-safe, but the last commits before a power loss may be lost.", choices=("FULL", "NORMAL"))
+    audit_sync: str = _s("journal", "When a request's audit entry (one not committed with a write) counts as written. journal: appended to the worker's journal file before the answer, folded into the hash chain within audit_fold_ms (a power loss can lose that window, as with OpenBao's file audit). commit: committed and fsynced in the chain before the answer (slower reads).", choices=("journal", "commit"))
+    audit_fold_ms: int = _s(200, "How often a worker folds its audit journal into the chain, in milliseconds.", kind=int)
     audit_batch_max: int = _s(256, "Most audit entries committed (and MAC'd once) in one transaction; 1 = one transaction per entry.", kind=int)
     log_level: str = _s("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     onap_compat_errors: bool = _s(True, "ONAP SMS routes answer 500 where ONAP's clients expect it (instead of 404/409).", kind=bool)

@@ -36,6 +36,17 @@ class AuditHead(Base):
     entry_hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditJournalMark(Base):
+    """How far each audit journal file has been folded into the chain (migration 0006):
+    ``folded`` is a byte offset, -1 once the file is finished; ``updated`` is Unix time."""
+
+    __tablename__ = "audit_journals"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    folded: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[int] = mapped_column(BigInteger)
+
+
 class MetaRow(Base):
     """Instance-wide key/value facts (instance id, init time, key labels in use)."""
 

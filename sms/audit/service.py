@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -25,8 +27,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db import Attached, RawTx, transaction, write_lock, writer
+from ..errors import ServiceUnavailable
 from ..groupcommit import GroupCommit
-from .models import AuditHead, AuditRow
+from .journal import Journal, decode_line, encode_line, read_complete
+from .models import AuditHead, AuditJournalMark, AuditRow
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,11 @@ class MacKeyStore(Protocol):
     def encrypt(self, label: str, plaintext: bytes, aad: bytes = b"") -> bytes: ...
 
     def decrypt(self, label: str, blob: bytes, aad: bytes = b"") -> bytes: ...
+
+
+class AuditUnwritable(ServiceUnavailable):
+    """A write's audit entry could not be added to its transaction: the write is rolled back
+    and refused (503)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,11 @@ _INSERT_SQL = (f"INSERT INTO {AuditRow.__tablename__} ({', '.join(_COLUMNS)}) "
 _GENESIS_SQL = f"INSERT INTO {AuditHead.__tablename__} (id, seq, entry_hash) VALUES (1, 0, ?)"
 _MOVE_HEAD_SQL = f"UPDATE {AuditHead.__tablename__} SET seq = ?, entry_hash = ? WHERE id = 1"
 _SET_MAC_SQL = f"UPDATE {AuditRow.__tablename__} SET mac = ?, mac_key = ? WHERE seq = ?"
+_MARK_SQL = f"SELECT folded FROM {AuditJournalMark.__tablename__} WHERE name = ?"
+_SET_MARK_SQL = (f"INSERT INTO {AuditJournalMark.__tablename__} (name, folded, updated) VALUES (?, ?, ?) "
+                 "ON CONFLICT (name) DO UPDATE SET folded = excluded.folded, updated = excluded.updated")
+_FORGET_MARKS_SQL = f"DELETE FROM {AuditJournalMark.__tablename__} WHERE folded < 0 AND updated < ?"
+_FOLD_CHUNK = 4 << 20  # journal bytes folded per transaction (a final fold reads to the end)
 
 
 class AuditLog:
@@ -107,10 +121,16 @@ class AuditLog:
     previous hash, that one MAC authenticates every entry since the previous MAC'd one; the
     other entries of the batch store an empty MAC. ``batch_max=1`` gives one transaction and
     one MAC per entry.
+
+    With ``journal_dir`` (``audit_sync = "journal"``, the default) ``append`` instead writes
+    the entry to this process's journal file and returns at once; the journal is folded into
+    the chain in the background (:mod:`sms.audit.journal`). Entries of writes still commit in
+    the write's transaction (:meth:`attached`).
     """
 
     def __init__(self, sessions: sessionmaker[Session], keystore: MacKeyStore, mac_key_label: str, *,
-                 batch_max: int = 256, wait_timeout: float = 10.0) -> None:
+                 batch_max: int = 256, wait_timeout: float = 10.0, journal_dir: Path | None = None,
+                 fold_interval: float = 0.2, **journal_options: Any) -> None:
         self._sessions = sessions
         self._ks = keystore
         self._label = mac_key_label
@@ -118,19 +138,78 @@ class AuditLog:
         self._group: GroupCommit[tuple[str, AuditEvent], int] = GroupCommit(
             self._commit_batch, max_batch=max(1, batch_max), timeout=wait_timeout,
             gate=lock.hold if lock is not None else None)
+        self.journal: Journal | None = (
+            Journal(journal_dir, self._fold, interval=fold_interval, **journal_options)
+            if journal_dir is not None else None)
 
     @property
     def group(self) -> GroupCommit[tuple[str, AuditEvent], int]:
         return self._group
 
-    def append(self, ev: AuditEvent) -> int:
-        """Append one entry; returns its seq once its batch has committed.
+    def append(self, ev: AuditEvent) -> int | None:
+        """Append one entry. Without a journal: returns its seq once its batch has committed.
+        With one: returns None once the entry is in the journal file.
 
         Raises :class:`~sms.groupcommit.GroupCommitError` (with the cause) when the batch could
-        not be committed or did not commit in time: the caller must then refuse its request.
+        not be committed or did not commit in time, :class:`~sms.audit.journal.JournalRefused`
+        when the journal cannot take it: the caller must then refuse its request.
         """
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
+        if self.journal is not None:
+            self.journal.write(encode_line(ts, ev.actor, ev.action, ev.resource, ev.outcome, ev.status, ev.request_id,
+                                           ev.remote, ev.detail))
+            return None
         return self._group.submit((ts, ev))
+
+    def close(self) -> None:
+        """Fold and delete this process's journal and stop its fold thread."""
+        if self.journal is not None:
+            self.journal.close()
+
+    def flush(self) -> None:
+        """Fold every journal of the data directory into the chain (before reading the chain)."""
+        if self.journal is not None:
+            self.journal.fold_all()
+
+    def _fold(self, files: list[tuple[str, int]], final: bool) -> dict[str, int]:
+        """Fold journal files into the chain in one transaction (see :meth:`_append_rows`)."""
+        offsets: dict[str, int] = {}
+        with writer(self._sessions).transaction() as tx:
+            self._append_rows(tx, (), journals=files, final=final, offsets=offsets)
+            if final:
+                tx.execute(_FORGET_MARKS_SQL, (int(time.time()) - 86400,))
+        return offsets
+
+    def _journal_items(self, tx: RawTx, files: Sequence[tuple[str, int]], final: bool,
+                       offsets: dict[str, int]) -> list[tuple[str, AuditEvent]]:
+        """The entries of ``files`` not folded yet, read from each file's recorded offset; the
+        offsets are moved (in ``tx``, under the chain head's lock). ``final``: to the end, and
+        the file is marked finished (never folded again)."""
+        items: list[tuple[str, AuditEvent]] = []
+        for name, fd in files:
+            row = tx.one(_MARK_SQL, (name,))
+            offset = int(row[0]) if row is not None else 0
+            if offset < 0:  # finished already
+                offsets[name] = -1
+                continue
+            while True:
+                used, lines = read_complete(fd, offset, _FOLD_CHUNK)
+                for line in lines:
+                    v = decode_line(line)
+                    if v is None:  # not written by csm: keep the evidence in the chain
+                        items.append((datetime.now(UTC).isoformat(timespec="microseconds"), AuditEvent(
+                            "csm", "audit.journal", f"audit-journal/{name}", "error", 500,
+                            detail={"problem": "unreadable journal line", "offset": offset})))
+                    else:
+                        items.append((v[0], AuditEvent(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])))
+                offset += used
+                if not final or used == 0:
+                    break
+            new = -1 if final else offset
+            if row is None or new != int(row[0]):
+                tx.execute(_SET_MARK_SQL, (name, new, int(time.time())))
+            offsets[name] = new
+        return items
 
     def attached(self, event: Callable[[], AuditEvent]) -> Attached:
         """The entry of a write, to commit in the write's own transaction (:func:`sms.db.attach`):
@@ -148,7 +227,13 @@ class AuditLog:
             def add(tx: RawTx, result: Any) -> None:
                 described = getattr(result, "audit_detail", None)
                 entry = replace(ev, detail={**(ev.detail or {}), **described()}) if described is not None else ev
-                self._append_rows(tx, ((ts, entry),), mac=False)
+                # What this process journaled before the write goes first: its chain order
+                # stays the order of its requests.
+                pending = self.journal.pending_files() if self.journal is not None else ()
+                try:
+                    self._append_rows(tx, ((ts, entry),), mac=False, journals=pending)
+                except Exception as exc:
+                    raise AuditUnwritable("the audit log cannot be written; request refused") from exc
                 work.record = entry
 
             return add
@@ -173,8 +258,23 @@ class AuditLog:
         with writer(self._sessions).transaction() as tx:
             return self._append_rows(tx, items)
 
-    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True) -> list[int]:
+    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True,
+                     journals: Sequence[tuple[str, int]] = (), final: bool = False,
+                     offsets: dict[str, int] | None = None) -> list[int]:
+        """Link ``items`` into the chain after the entries of ``journals`` not folded yet (see
+        :meth:`_journal_items`); MAC the last one if ``mac``. Returns the seqs of ``items``."""
         head = tx.one(_HEAD_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""))
+        if journals:
+            folded = self._journal_items(tx, journals, final, {} if offsets is None else offsets)
+            if folded:
+                items = [*folded, *items]
+                skip = len(folded)
+            else:
+                skip = 0
+        else:
+            skip = 0
+        if not items:
+            return []
         if head is None:  # pragma: no cover - created by the migration
             tx.execute(_GENESIS_SQL, (GENESIS,))
             seq, prev = 0, GENESIS
@@ -192,10 +292,11 @@ class AuditLog:
             rows[-1][12] = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(prev))
         tx.executemany(_INSERT_SQL, rows)
         tx.execute(_MOVE_HEAD_SQL, (seq, prev))
-        first = seq - len(rows) + 1
+        first = seq - len(rows) + 1 + skip
         return list(range(first, seq + 1))
 
     def entries(self, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        self._flush_quietly()
         with transaction(self._sessions, write=False) as s:
             rows = s.scalars(select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit))
             return [
@@ -206,6 +307,12 @@ class AuditLog:
                 }
                 for r in rows
             ]
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - the chain is still readable; the journal stays
+            log.warning("audit journal not folded before reading the log: %s", type(exc).__name__)
 
     def _iter_rows(self, batch: int = 2000) -> Iterator[AuditRow]:
         last = 0
@@ -224,6 +331,7 @@ class AuditLog:
         batch); the last entry must carry a MAC."""
         from hsm import DecryptionFailed, KeyNotFound
 
+        self._flush_quietly()
         prev, expected_seq, n = GENESIS, 1, 0
         uncovered: int | None = None  # first seq since the last MAC'd entry
         for r in self._iter_rows():

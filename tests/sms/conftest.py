@@ -102,6 +102,7 @@ def make_services(keystore: Any, tmp_path: Path) -> Iterator[Any]:
 
     yield _make
     for svc, schema in created:
+        svc.audit.close()
         svc.engine.dispose()
         if schema is not None:
             schema.drop()

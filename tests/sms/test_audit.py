@@ -31,6 +31,7 @@ def test_token_never_appears_in_audit(client, root_token, root_headers, services
 def _fill(services, n=5):
     for i in range(n):
         services.audit.append(AuditEvent(f"token:t{i}", "secret.read", f"secrets/d/s{i}", "ok", 200))
+        services.audit.flush()  # the journaled entry into the chain, as a batch (and MAC) of its own
 
 
 def test_untouched_log_verifies(services):
@@ -105,7 +106,8 @@ def _head(services):
         return tuple(c.execute(text("SELECT seq, entry_hash FROM audit_head WHERE id = 1")).one())
 
 
-def test_concurrent_appends_are_batched_with_one_mac_per_batch_and_the_chain_verifies(services):
+def test_concurrent_appends_are_batched_with_one_mac_per_batch_and_the_chain_verifies(make_services, backend):
+    services = make_services(backend, audit_sync="commit")  # every append waits for its batch's commit
     before = services.audit.group.batches, services.audit.group.items
     threads = [threading.Thread(target=_fill, args=(services, 10)) for _ in range(8)]
     for t in threads:
@@ -151,7 +153,12 @@ def _refuse_audit_inserts(services, on: bool):
             c.execute(text("DROP FUNCTION refuse_audit()"))
 
 
-def test_every_request_of_a_batch_that_cannot_be_recorded_is_refused(app, root_headers, services):
+def test_every_request_of_a_batch_that_cannot_be_recorded_is_refused(make_services, backend):
+    from sms.app import create_app
+
+    services = make_services(backend, audit_sync="commit")
+    app = create_app(services=services)
+    root_headers = {"X-CSM-Token": services.auth.create_token(root=True)[0]}
     client = app.test_client()
     client.post("/v1/domains", json={"name": "fc"}, headers=root_headers)
     client.post("/v1/domains/fc/secrets", json={"name": "s", "values": {"v": 1}}, headers=root_headers)

@@ -1,0 +1,346 @@
+"""The audit journal: per-process append-only files of entries on their way into the chain.
+
+A request whose audit entry does not ride in a write's own transaction (a read, a refusal, an
+error) would otherwise wait for a group commit of the chain — the write lock, a token MAC and
+an fsync — before it may be answered. With the journal its entry is instead appended to the
+worker's journal file (one ``write(2)`` of one JSON line, ``O_APPEND``) before the answer goes
+out, and a background thread of the worker folds the journal into the chain every
+``fold_interval`` seconds: hash-linked, MAC'd in the token and committed like any other batch,
+in one transaction that also records how far the journal has been folded
+(``audit_journals``). Folding is idempotent and safe to run from any process: the offset is
+read and moved inside the transaction that holds the chain head's lock.
+
+What the answer is guaranteed: its entry is in a file on disk (it survives the process being
+killed; a power loss or kernel crash within the fold interval can lose it, as it can lose the
+lines OpenBao's file audit device writes without fsync). ``audit_sync = "commit"`` keeps the
+stricter behaviour (answered only once the entry is committed and fsynced).
+
+Files: ``<data_dir>/audit-journal/<host>-<pid>-<random>.journal``, mode 0600, each held under
+an exclusive ``flock`` by the process writing it for as long as it lives. A file whose lock can
+be taken belongs to a process that is gone: whoever finds it (any worker's fold thread, every
+few seconds, or ``csm audit verify``) folds what is left, marks it finished and deletes it. A
+journal is created under a hidden temporary name and renamed only once locked, so a live one
+is never mistaken for an orphan. A worker rotates to a new file once ``rotate_bytes`` are
+folded. Appends are refused (the request gets 503) when the backlog exceeds ``max_backlog``
+bytes or nothing could be folded for ``max_lag`` seconds: the journal never becomes an
+unbounded substitute for the chain.
+
+Within a worker the chain keeps the order of the worker's entries: a write's own entry first
+folds what the worker journaled before it (same transaction, see ``AuditLog.attached``).
+Entries of different workers interleave in fold order; each carries its own timestamp.
+"""
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".journal"
+_TMP_PREFIX = "."
+
+# One JSON array per line: ts, actor, action, resource, outcome, status, request_id, remote, detail.
+_LINE_JSON = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class JournalRefused(Exception):
+    """The entry was not journaled (backlog full, folding stalled, or the file is unwritable)."""
+
+
+def encode_line(ts: str, actor: str, action: str, resource: str, outcome: str, status: int, request_id: str,
+                remote: str, detail: dict[str, Any] | None) -> bytes:
+    return (_LINE_JSON([ts, actor, action, resource, outcome, status, request_id, remote, detail or {}])
+            + "\n").encode()
+
+
+def decode_line(line: bytes) -> list[Any] | None:
+    """The fields of a journal line, or None if it is not one (damaged file)."""
+    try:
+        v = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if (isinstance(v, list) and len(v) == 9 and all(isinstance(x, str) for x in v[:5] + v[6:8])
+            and type(v[5]) is int and isinstance(v[8], dict)):
+        return v
+    return None
+
+
+@dataclass
+class JournalFile:
+    """One journal file. ``written``: bytes appended by this process; ``folded``: bytes known
+    to be in the chain (a hint; the authority is the ``audit_journals`` row)."""
+
+    name: str
+    path: Path
+    fd: int
+    written: int = 0
+    folded: int = 0
+
+    def pending(self) -> bool:
+        return self.written > self.folded
+
+
+def read_complete(fd: int, offset: int, limit: int) -> tuple[int, list[bytes]]:
+    """The whole lines from ``offset`` on (at most about ``limit`` bytes): (bytes they span,
+    lines). A trailing line without its newline (still being written, or cut by a crash) is left."""
+    data = os.pread(fd, limit, offset)
+    end = data.rfind(b"\n")
+    if end < 0:
+        return 0, []
+    return end + 1, data[:end].split(b"\n")
+
+
+# Folds the given files into the chain; returns, per file, the offset now folded (-1: finished).
+FoldFn = Callable[[list[tuple[str, int]], bool], dict[str, int]]
+
+
+class Journal:
+    """The journal files of this process and the thread that folds them.
+
+    ``fold(files, final)`` is the chain's side (``AuditLog._fold``): ``files`` are (name, fd)
+    pairs; it folds each from its recorded offset and returns the new offsets; ``final`` folds
+    to the end and marks the files finished."""
+
+    def __init__(self, directory: Path, fold: FoldFn, *, interval: float = 0.2, rotate_bytes: int = 64 << 20,
+                 max_backlog: int = 64 << 20, max_lag: float = 30.0, orphan_every: float = 5.0) -> None:
+        self.directory = directory
+        self._fold = fold
+        self.interval = interval
+        self.rotate_bytes = rotate_bytes
+        self.max_backlog = max_backlog
+        self.max_lag = max_lag
+        self.orphan_every = orphan_every
+        self._reset()
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (j := me()) is not None and j._reset())
+        atexit.register(lambda: (j := me()) is not None and j.close())
+
+    def _reset(self) -> None:
+        """Fresh state (at start and in a forked child: the parent's files, locks and thread are
+        not this process's)."""
+        self._lock = threading.Lock()  # guards the file list and appends
+        self._fold_lock = threading.Lock()  # one fold of this process at a time
+        self._files: list[JournalFile] = []  # oldest first; the last one takes appends
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopped = False
+        self._last_ok = time.monotonic()
+        self._last_orphans = 0.0
+        self._failures = 0
+
+    # ---- appending --------------------------------------------------------------------
+    def write(self, line: bytes) -> None:
+        """Append one entry line; raises :class:`JournalRefused` if it is not on disk."""
+        with self._lock:
+            if not self._files:
+                self._files.append(self._open_new())
+                self._start_thread()
+            cur = self._files[-1]
+            if any(f.pending() for f in self._files):
+                backlog = sum(f.written - f.folded for f in self._files)
+                if backlog > self.max_backlog:
+                    raise JournalRefused(f"audit journal backlog is {backlog} bytes")
+                if time.monotonic() - self._last_ok > self.max_lag:
+                    raise JournalRefused(f"audit journal not folded for {self.max_lag:.0f} s")
+            else:
+                self._last_ok = time.monotonic()  # nothing was waiting: the lag starts now
+            try:
+                n = os.write(cur.fd, line)
+            except OSError as exc:
+                raise JournalRefused(f"audit journal not writable: {exc.strerror}") from exc
+            cur.written += n
+            if n != len(line):  # a short write (disk full): the line is unusable; refuse
+                raise JournalRefused("audit journal write was cut short")
+
+    def _open_new(self) -> JournalFile:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+        tmp = self.directory / f"{_TMP_PREFIX}{name}.tmp"
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise JournalRefused(f"audit journal cannot be created: {exc.strerror}") from exc
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else has it
+        path = self.directory / name
+        os.rename(tmp, path)  # visible only once locked: never taken for an orphan
+        return JournalFile(name, path, fd)
+
+    def _start_thread(self) -> None:
+        if self._thread is None and self.interval > 0:
+            me = weakref.ref(self)
+            t = threading.Thread(target=_fold_loop, args=(me, self._wake), name="csm-audit-fold", daemon=True)
+            self._thread = t
+            t.start()
+
+    # ---- folding ----------------------------------------------------------------------
+    def fold_own(self) -> None:
+        """Fold this process's journals up to what they hold now; rotate a large one."""
+        with self._fold_lock:
+            with self._lock:
+                files = [f for f in self._files if f.pending()]
+            for f in files:
+                while True:
+                    offsets = self._fold([(f.name, f.fd)], False)
+                    got = offsets.get(f.name, f.folded)
+                    if got < 0 or got <= f.folded:
+                        f.folded = max(f.folded, got if got >= 0 else f.written)
+                        break
+                    f.folded = got
+                    if f.folded >= f.written:
+                        break
+            self._last_ok = time.monotonic()
+            self._failures = 0
+            self._retire()
+
+    def _retire(self) -> None:
+        """Rotate to a new file once the current one is large, then finish and delete old ones."""
+        with self._lock:
+            if self._files and self._files[-1].folded >= self.rotate_bytes:
+                self._files.append(self._open_new())
+            old = self._files[:-1]
+        for f in old:
+            self._fold([(f.name, f.fd)], True)
+            _unlink(f.path)
+            os.close(f.fd)
+            with self._lock:
+                self._files.remove(f)
+
+    def fold_others(self, *, live: bool) -> int:
+        """Fold the journals of other processes in the directory: those whose process is gone
+        (finished and deleted), and with ``live`` also those still being written (up to now).
+        Returns how many files were looked at."""
+        own = {f.name for f in self._files}
+        seen = 0
+        for path in _journal_files(self.directory):
+            if path.name in own:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            seen += 1
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if live:
+                        self._fold([(path.name, fd)], False)
+                    continue
+                if not _same_file(path, fd):  # finished and deleted by someone else meanwhile
+                    continue
+                self._fold([(path.name, fd)], True)
+                _unlink(path)
+            finally:
+                os.close(fd)
+        self._sweep_tmp()
+        return seen
+
+    def _sweep_tmp(self) -> None:
+        """Delete temporary names left by a process that died between create and rename."""
+        for p in self.directory.glob(f"{_TMP_PREFIX}*{SUFFIX}.tmp"):
+            try:
+                fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(p, fd):
+                    _unlink(p)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+
+    def fold_all(self) -> None:
+        """Everything journaled in this directory up to now, into the chain (before reading it)."""
+        self.fold_own()
+        self.fold_others(live=True)
+
+    def tick(self) -> None:
+        """One round of the fold thread."""
+        try:
+            self.fold_own()
+            now = time.monotonic()
+            if now - self._last_orphans >= self.orphan_every:
+                self._last_orphans = now
+                self.fold_others(live=False)
+        except Exception as exc:  # noqa: BLE001 - retried next round; appends refuse once it lags
+            self._failures += 1
+            if self._failures in (1, 10) or self._failures % 100 == 0:
+                log.error("audit journal fold failed (%d in a row): %s: %s", self._failures, type(exc).__name__, exc)
+
+    def close(self) -> None:
+        """Fold and delete this process's journals (at exit); what cannot be folded stays on
+        disk for the next process to find."""
+        self._stopped = True
+        self._wake.set()
+        if not self._files:
+            return
+        try:
+            self.fold_own()
+            with self._lock:
+                files, self._files = self._files, []
+            for f in files:
+                self._fold([(f.name, f.fd)], True)
+                _unlink(f.path)
+                os.close(f.fd)
+        except Exception as exc:  # noqa: BLE001 - at exit: leave the file for the next process
+            log.warning("audit journal left for the next start to fold: %s", type(exc).__name__)
+
+    def backlog(self) -> int:
+        with self._lock:
+            return sum(f.written - f.folded for f in self._files)
+
+    def pending_files(self) -> list[tuple[str, int]]:
+        """(name, fd) of this process's journals holding entries not known to be folded."""
+        with self._lock:
+            return [(f.name, f.fd) for f in self._files if f.pending()]
+
+
+def _fold_loop(ref: weakref.ref[Journal], wake: threading.Event) -> None:
+    while True:
+        j = ref()
+        if j is None or j._stopped:
+            return
+        interval = j.interval
+        del j
+        wake.wait(interval)
+        wake.clear()
+        j = ref()
+        if j is None or j._stopped:
+            return
+        j.tick()
+        del j
+
+
+def _journal_files(directory: Path) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith(_TMP_PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,227 @@
+"""The audit journal (audit_sync = "journal", the default): entries not committed with a write
+are written to the worker's journal file before the answer and folded into the hash chain in
+the background. Nothing is lost, nothing is folded twice, a dead worker's journal is folded by
+another process, and the chain verifies."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from sms import db
+from sms.audit.journal import JournalRefused
+from sms.audit.service import AuditEvent, AuditLog
+from sms.runtime import AUDIT_MAC_KEY
+
+
+def _ev(i: int, who: str = "t") -> AuditEvent:
+    return AuditEvent(f"token:{who}{i}", "secret.read", f"secrets/d/{who}{i}", "ok", 200, request_id=f"{who}-{i}")
+
+
+def _request_ids(services) -> list[str]:
+    with services.engine.connect() as c:
+        return [r[0] for r in c.execute(text("SELECT request_id FROM audit_log ORDER BY seq"))]
+
+
+def _journal_dir(services) -> Path:
+    return services.settings.data_path / "audit-journal"
+
+
+def _log(services, **options) -> AuditLog:
+    """A second AuditLog on the same database and journal directory (another 'worker')."""
+    return AuditLog(services.sessions, services.keystore, AUDIT_MAC_KEY, journal_dir=_journal_dir(services), **options)
+
+
+def _wait_for(cond, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_an_entry_is_in_the_journal_file_at_once_and_in_the_chain_after_the_fold_interval(services):
+    services.audit.append(_ev(1))
+    files = list(_journal_dir(services).glob("*.journal"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+    line = json.loads(files[0].read_bytes().splitlines()[-1])
+    assert line[1:4] == ["token:t1", "secret.read", "secrets/d/t1"] and line[6] == "t-1"
+    # the worker's fold thread (every 0.2 s) moves it into the chain, MAC'd
+    assert _wait_for(lambda: "t-1" in _request_ids(services))
+    with services.engine.connect() as c:
+        assert c.execute(text("SELECT LENGTH(mac) FROM audit_log ORDER BY seq DESC LIMIT 1")).scalar_one() > 0
+    assert services.audit.verify().ok
+
+
+def test_entries_of_a_worker_keep_their_order_around_its_writes(client, root_headers, services):
+    assert client.post("/v1/domains", json={"name": "jo"}, headers=root_headers).status_code == 201
+    assert client.post("/v1/domains/jo/secrets", json={"name": "s", "values": {"v": 1}},
+                       headers=root_headers).status_code == 201
+    h = {**root_headers}
+    assert client.get("/v1/domains/jo/secrets/s", headers={**h, "X-Request-ID": "o-read1"}).status_code == 200
+    assert client.get("/v1/domains/jo/secrets/nope", headers={**h, "X-Request-ID": "o-miss"}).status_code == 404
+    assert client.put("/v1/domains/jo/secrets/s", json={"values": {"v": 2}},
+                      headers={**h, "X-Request-ID": "o-write"}).status_code == 200
+    assert client.get("/v1/domains/jo/secrets/s", headers={**h, "X-Request-ID": "o-read2"}).status_code == 200
+    ids = [e["request_id"] for e in services.audit.entries(limit=100000)]
+    # the two journaled entries were folded into the write's own transaction, ahead of it
+    assert [i for i in ids if i.startswith("o-")] == ["o-read1", "o-miss", "o-write", "o-read2"]
+    assert services.audit.verify().ok
+
+
+def _worker(url: str, options: str, token_config, journal_dir: str, n: int, mode: str, conn) -> None:
+    """Another csm process (spawned): journals ``n`` entries, then dies or waits for the parent."""
+    from hsm.keystore import KeyStore
+
+    engine = db.make_engine(url, **({"connect_args": {"options": options}} if options else {}))
+    ks = KeyStore(token_config)
+    ks.open()
+    log = AuditLog(db.session_factory(engine), ks, AUDIT_MAC_KEY, journal_dir=Path(journal_dir), fold_interval=3600)
+    for i in range(n):
+        log.append(_ev(i, "w"))
+    if mode == "die":
+        os._exit(9)  # nothing folded, no atexit: the journal is left behind
+    conn.send("written")
+    conn.recv()  # the parent folded our live journal meanwhile
+    log.flush()  # our own fold must not add them again
+    log.close()
+    conn.send("closed")
+
+
+def _spawn(services, token_config, n: int, mode: str):
+    options = ""
+    if services.engine.dialect.name == "postgresql":
+        with services.engine.connect() as c:
+            options = f"-csearch_path={c.execute(text('SELECT current_schema()')).scalar_one()}"
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_worker, args=(services.engine.url.render_as_string(hide_password=False), options,
+                                          token_config, str(_journal_dir(services)), n, mode, child))
+    p.start()
+    return p, parent
+
+
+def test_a_dead_workers_journal_is_folded_once_by_another_process_and_deleted(services, token_config):
+    services.audit.append(_ev(0))  # this process has a live journal of its own
+    p, _ = _spawn(services, token_config, 25, "die")
+    p.join(60)
+    assert p.exitcode == 9
+    left = [f for f in _journal_dir(services).glob("*.journal") if f"-{p.pid}-" in f.name]
+    assert len(left) == 1 and len(left[0].read_bytes().splitlines()) == 25
+    services.audit.flush()
+    services.audit.flush()  # twice: nothing is folded again
+    ids = _request_ids(services)
+    assert sorted(i for i in ids if i.startswith("w-")) == sorted(f"w-{i}" for i in range(25))
+    assert not left[0].exists()  # finished and deleted; our own journal stays
+    assert any(f"-{os.getpid()}-" in f.name for f in _journal_dir(services).glob("*.journal"))
+    with services.engine.connect() as c:
+        assert c.execute(text("SELECT folded FROM audit_journals WHERE name = :n"),
+                         {"n": left[0].name}).scalar_one() == -1
+    assert services.audit.verify().ok
+
+
+def test_a_live_journal_folded_by_two_processes_lands_once(services, token_config):
+    p, conn = _spawn(services, token_config, 40, "live")
+    try:
+        assert conn.poll(60) and conn.recv() == "written"
+        services.audit.flush()  # folds the other worker's live journal (it holds its lock)
+        assert sorted(i for i in _request_ids(services) if i.startswith("w-")) == sorted(f"w-{i}" for i in range(40))
+        conn.send("go")
+        assert conn.poll(60) and conn.recv() == "closed"
+    finally:
+        p.join(60)
+    ids = [i for i in _request_ids(services) if i.startswith("w-")]
+    assert len(ids) == 40  # the owner's own fold and close added nothing
+    assert not [f for f in _journal_dir(services).glob("*.journal") if f"-{p.pid}-" in f.name]
+    assert services.audit.verify().ok
+
+
+def _refuse_audit_inserts(services, on: bool) -> None:
+    from tests.sms.test_audit import _refuse_audit_inserts as refuse
+
+    refuse(services, on)
+
+
+def test_appends_are_refused_once_folding_stalls_and_nothing_is_lost(services):
+    log = _log(services, fold_interval=0.05, max_lag=0.6)
+    try:
+        _refuse_audit_inserts(services, True)
+        try:
+            log.append(_ev(0, "s"))
+            time.sleep(0.3)
+            log.append(_ev(1, "s"))  # still within the lag: journaled, answered
+            assert not [i for i in _request_ids(services) if i.startswith("s-")]
+            time.sleep(0.6)
+            with pytest.raises(JournalRefused, match="not folded"):
+                log.append(_ev(2, "s"))  # folding has failed for too long: the request is refused
+        finally:
+            _refuse_audit_inserts(services, False)
+        assert _wait_for(lambda: len([i for i in _request_ids(services) if i.startswith("s-")]) == 2)
+        log.append(_ev(3, "s"))  # caught up: appends are taken again
+        log.flush()
+        assert [i for i in _request_ids(services) if i.startswith("s-")] == ["s-0", "s-1", "s-3"]
+        assert services.audit.verify().ok
+    finally:
+        log.close()
+
+
+def test_appends_are_refused_when_the_backlog_is_full(services):
+    log = _log(services, fold_interval=3600, max_backlog=600)
+    try:
+        with pytest.raises(JournalRefused, match="backlog"):
+            for i in range(50):
+                log.append(_ev(i, "b"))
+        taken = len((_journal_dir(services) / next(iter(log.journal.pending_files()))[0]).read_bytes().splitlines())
+        assert 1 < taken < 50
+        log.flush()
+        assert len([i for i in _request_ids(services) if i.startswith("b-")]) == taken
+        log.append(_ev(99, "b"))  # room again
+    finally:
+        log.close()
+    assert services.audit.verify().ok
+
+
+def test_a_large_journal_is_rotated_and_the_old_file_finished(services):
+    log = _log(services, fold_interval=3600, rotate_bytes=1000)
+    try:
+        for i in range(12):
+            log.append(_ev(i, "r"))
+        first = log.journal.pending_files()[0][0]
+        log.flush()  # folds, then starts a new file and finishes the old one
+        for i in range(12, 15):
+            log.append(_ev(i, "r"))
+        second = log.journal.pending_files()[0][0]
+        assert second != first and not (_journal_dir(services) / first).exists()
+        log.flush()
+    finally:
+        log.close()
+    assert not (_journal_dir(services) / second).exists()  # close finishes and deletes
+    assert [i for i in _request_ids(services) if i.startswith("r-")] == [f"r-{i}" for i in range(15)]
+    assert services.audit.verify().ok
+
+
+def test_a_damaged_journal_line_is_kept_as_evidence(services, token_config):
+    p, _ = _spawn(services, token_config, 3, "die")
+    p.join(60)
+    path = next(f for f in _journal_dir(services).glob("*.journal") if f"-{p.pid}-" in f.name)
+    with path.open("ab") as f:
+        f.write(b'["forged", 1]\n{"half": ')  # a line csm never writes, and a cut-off tail
+    services.audit.flush()
+    entries = services.audit.entries(limit=100000)
+    assert [e["request_id"] for e in entries if e["request_id"].startswith("w-")] == ["w-0", "w-1", "w-2"]
+    bad = [e for e in entries if e["action"] == "audit.journal"]
+    assert len(bad) == 1 and bad[0]["outcome"] == "error" and bad[0]["resource"] == f"audit-journal/{path.name}"
+    assert services.audit.verify().ok
+
+
+def test_commit_mode_answers_only_after_the_entry_is_committed(make_services, backend):
+    services = make_services(backend, audit_sync="commit")
+    seq = services.audit.append(_ev(7, "c"))
+    assert isinstance(seq, int) and "c-7" in _request_ids(services)  # in the chain when append returns
+    assert not _journal_dir(services).exists()
