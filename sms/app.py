@@ -87,4 +87,8 @@ def wsgi_from_env() -> Any:
     raw = os.environ.get("CSM_EFFECTIVE_SETTINGS")
     settings = Settings.from_json(raw) if raw else load_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    # Fold the audit journal from the start (also those a stopped or killed worker left), not
+    # only once this worker has journaled an entry of its own.
+    app.extensions["csm"].audit.start()
+    return app

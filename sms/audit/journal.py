@@ -177,6 +177,11 @@ class Journal:
         os.rename(tmp, path)  # visible only once locked: never taken for an orphan
         return JournalFile(name, path, fd)
 
+    def start(self) -> None:
+        """Start the fold thread (it starts by itself at this process's first append)."""
+        with self._lock:
+            self._start_thread()
+
     def _start_thread(self) -> None:
         if self._thread is None and self.interval > 0:
             me = weakref.ref(self)

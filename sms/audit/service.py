@@ -161,6 +161,11 @@ class AuditLog:
             return None
         return self._group.submit((ts, ev))
 
+    def start(self) -> None:
+        """Start folding the journals in the background now (a server worker at start-up)."""
+        if self.journal is not None:
+            self.journal.start()
+
     def close(self) -> None:
         """Fold and delete this process's journal and stop its fold thread."""
         if self.journal is not None:

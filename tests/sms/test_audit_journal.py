@@ -225,3 +225,37 @@ def test_commit_mode_answers_only_after_the_entry_is_committed(make_services, ba
     seq = services.audit.append(_ev(7, "c"))
     assert isinstance(seq, int) and "c-7" in _request_ids(services)  # in the chain when append returns
     assert not _journal_dir(services).exists()
+
+
+def test_journals_of_a_killed_server_are_folded_by_the_next_start(tmp_path):
+    """`csm serve` killed with SIGKILL (no worker folds or deletes anything at exit): the next
+    start folds what was left, before any request, and nothing lands twice."""
+    import signal
+    import sqlite3
+
+    from tests.sms.served import Served, cli
+
+    data = tmp_path / "csm-data"
+    srv = Served(data, "--audit-fold-ms", "60000", workers=2).start()  # folds only at start and exit
+    try:
+        assert srv.post("/v1/domains", json={"name": "k"}).status_code == 201
+        assert srv.post("/v1/domains/k/secrets", json={"name": "s", "values": {"v": 1}}).status_code == 201
+        for i in range(20):
+            assert srv.get("/v1/domains/k/secrets/s", headers={"X-Request-ID": f"kill-{i}"}).status_code == 200
+        left = list((data / "audit-journal").glob("*.journal"))
+        assert left and sum(len(f.read_bytes().splitlines()) for f in left) >= 20
+    finally:
+        assert srv.proc is not None
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(20)
+        srv.stop()
+
+    def killed_reads() -> list[str]:
+        with sqlite3.connect(data / "csm.db") as c:
+            return [r[0] for r in c.execute("SELECT request_id FROM audit_log WHERE request_id LIKE 'kill-%'")]
+
+    assert killed_reads() == []  # only in the journals so far
+    with Served(data, workers=2) as again:
+        assert _wait_for(lambda: not any(f in left for f in (data / "audit-journal").glob("*.journal")), 20)
+        assert sorted(killed_reads()) == sorted(f"kill-{i}" for i in range(20))
+        assert cli(["audit", "verify"], again.env).returncode == 0
