@@ -910,7 +910,7 @@ def _cert_response_der(r: CertResponse) -> bytes:
     """CertResponse from parts: cached certReqId and status, the certificate as its DER."""
     parts = [_int_der(r.cert_req_id), _status_der(r.status)]
     if r.certificate is not None:  # CertifiedKeyPair { certOrEncCert (CHOICE: no tag of its own) }
-        parts.append(_asn1.raw_sequence_der(_asn1.encode(_asn1.cert_der_value(r.certificate, _CERT_OR_ENC_CERT))))
+        parts.append(_asn1.raw_sequence_der(_asn1.cert_der_in(r.certificate, _CERT_OR_ENC_CERT)))
     if r.rsp_info is not None:
         parts.append(_asn1.encode(univ.OctetString(r.rsp_info)))
     return _asn1.raw_sequence_der(*parts)
@@ -925,11 +925,10 @@ class CertRepMessageBody(Body):
         if _from_cache(self) is not None:  # decoded: its own value
             return None
         parts = []
-        if self.ca_pubs:
-            cp = _CERT_REP_SLOTS["caPubs"].clone()
-            for c in self.ca_pubs:
-                _asn1.put_cert(cp, None, c)
-            parts.append(_asn1.encode(cp))
+        if self.ca_pubs:  # [1] EXPLICIT SEQUENCE OF CMPCertificate (a CHOICE: the certificates' DER)
+            cmp_cert = _CERT_REP_SLOTS["caPubs"].componentType
+            parts.append(_asn1.explicit_der(_CERT_REP_SLOTS["caPubs"], _asn1.raw_sequence_der(
+                *(_asn1.cert_der_in(c, cmp_cert) for c in self.ca_pubs))))
         parts.append(_asn1.raw_sequence_der(*(_cert_response_der(r) for r in self.responses)))
         return _asn1.raw_sequence_der(*parts)
 

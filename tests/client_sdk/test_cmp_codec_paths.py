@@ -160,3 +160,33 @@ def test_lean_response_decode_equals_the_full_decode(captured: Captured) -> None
         assert msg.body.to_der() == body_der, label
         seen += 1
     assert seen >= 5
+
+
+def test_wrapping_encoded_parts_equals_the_pyasn1_encoding() -> None:
+    """raw_sequence_der / explicit_der (pyasn1's tag and length writer around received or cached
+    DER) give the bytes of encoding the same value as a pyasn1 SEQUENCE OF ANY / tagged ANY,
+    for short, long-form and multi-byte lengths."""
+    import os
+
+    from pyasn1.type import univ
+
+    def full_sequence(*ders: bytes) -> bytes:
+        seq = univ.SequenceOf(componentType=univ.Any())
+        seq.setComponentByPosition(0, univ.Any(b"".join(ders)), verifyConstraints=False, matchTags=False,
+                                   matchConstraints=False)
+        return _asn1.encode(seq)
+
+    def full_explicit(spec: object, inner: bytes) -> bytes:
+        value = univ.Any(inner)
+        for t in spec.tagSet.superTags[1:]:  # type: ignore[attr-defined]
+            value = value.subtype(explicitTag=t)
+        return _asn1.encode(value)
+
+    slots = {nt.name: nt.asn1Object for nt in rfc9480.PKIBody().componentType.namedTypes}
+    for n in (1, 127, 128, 255, 256, 65535, 65536, 70000):
+        inner = _asn1.encode(univ.OctetString(os.urandom(n)))
+        assert _asn1.raw_sequence_der(inner) == full_sequence(inner), n
+        assert _asn1.raw_sequence_der(inner, inner[:3]) == full_sequence(inner, inner[:3]), n
+        for body in ("ip", "certConf", "pkiconf", "genp", "error"):
+            assert _asn1.explicit_der(slots[body], inner) == full_explicit(slots[body], inner), (body, n)
+    assert _asn1.raw_sequence_der() == full_sequence(b"")
