@@ -20,6 +20,7 @@ it; so a same-name root created beside the old one is not announced.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 
@@ -46,8 +47,10 @@ from .types import IssueRequest, KeyIssueRequest, RevokeRequest
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=1024)
 def requester_id(requester: Requester) -> str:
-    """``cmp:<alias>:<sender>`` — the identity recorded with certificates issued over CMP."""
+    """``cmp:<alias>:<sender>`` — the identity recorded with certificates issued over CMP
+    (cached: a client sends as the same requester every time)."""
     value = requester.sender.value
     text = value.rfc4514_string() if isinstance(value, x509.Name) else str(value)
     return f"cmp:{requester.profile}:{text}"

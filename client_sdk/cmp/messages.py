@@ -1382,16 +1382,13 @@ class PKIMessage:
         if self._parts is None:
             der = _asn1.encode(self.to_asn1())
         else:  # SEQUENCE {header, body, [0] protection, [1] extraCerts} from the already-encoded parts
-            spec = rfc9480.PKIMessage()
             parts = list(self._parts)
             if self.protection is not None:
-                parts.append(_asn1.encode(_asn1.slot(spec, "protection").clone(
-                    univ.BitString.fromOctetString(self.protection))))
-            if self.extra_certs:
-                ec = _asn1.slot(spec, "extraCerts")
-                for c in self.extra_certs:
-                    _asn1.put_cert(ec, None, c)
-                parts.append(_asn1.encode(ec))
+                parts.append(_asn1.encode(_PROTECTION_SPEC.clone(univ.BitString.fromOctetString(self.protection))))
+            if self.extra_certs:  # [1] EXPLICIT SEQUENCE OF CMPCertificate: the certificates' DER
+                cmp_cert = _EXTRA_CERTS_SPEC.componentType
+                parts.append(_asn1.explicit_der(_EXTRA_CERTS_SPEC, _asn1.raw_sequence_der(
+                    *(_asn1.cert_der_in(c, cmp_cert) for c in self.extra_certs))))
             der = _asn1.raw_sequence_der(*parts)
         object.__setattr__(self, "_der", der)
         return der

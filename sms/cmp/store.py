@@ -40,7 +40,7 @@ from ca.cmp import AuthKind, IssueRequest, Requester, Transaction, TransactionSt
 from client_sdk.cmp import BodyType, _asn1
 from client_sdk.cmp import errors as cmp_errors
 
-from ..db import RawTx, raw_transaction, read_one, transaction, writer
+from ..db import RawTx, read_one, transaction, writer
 from ..errors import Conflict
 from .errors import CmpProfileExists, CmpProfileNotFound, InvalidCmpProfile
 from .models import CmpProfileRow, CmpSecretRow, CmpTransactionRow
@@ -410,7 +410,9 @@ def _chain(data: bytes | None) -> tuple[x509.Certificate, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1024)
 def requester_json(r: Requester) -> str:
+    """The stored form of a requester (cached: a client sends as the same requester every time)."""
     return json.dumps({
         "profile": r.profile, "auth": r.auth.value,
         "sender": _b64(_asn1.general_name_der(r.sender)),
@@ -627,8 +629,8 @@ class SqlTransactionStore:
     def lookup(self, profile: str, transaction_id: bytes) -> Transaction | None:
         if len(transaction_id) > MAX_TRANSACTION_ID:
             return None
-        with raw_transaction(self._sessions, write=False) as tx:
-            row = tx.one(_SELECT_TXN, (profile, transaction_id.hex()))
+        # one statement: atomic by itself, no BEGIN/COMMIT (and on SQLite no pool checkout)
+        row = read_one(self._sessions, _SELECT_TXN, (profile, transaction_id.hex()))
         return None if row is None else _row_to_txn(_TxnRow(*row))
 
     def update(self, transaction_: Transaction) -> None:

@@ -190,3 +190,26 @@ def test_wrapping_encoded_parts_equals_the_pyasn1_encoding() -> None:
         for body in ("ip", "certConf", "pkiconf", "genp", "error"):
             assert _asn1.explicit_der(slots[body], inner) == full_explicit(slots[body], inner), (body, n)
     assert _asn1.raw_sequence_der() == full_sequence(b"")
+
+
+def test_message_from_encoded_parts_equals_the_pyasn1_encoding(tmp_path: object) -> None:
+    """PKIMessage.encode from its encoded header and body, protection and extraCerts (the
+    certificates' DER under pyasn1-written tags) gives the bytes of the full pyasn1 encoding."""
+    from pathlib import Path
+
+    from .cmptools import TestPki
+
+    pki = TestPki(Path(str(tmp_path)), "Parts CA")
+    _k, leaf = pki.entity("leaf", "leaf.example.com")
+    hdr = builders.request_header(recipient=pki.ca_name, sender_kid=b"ref")
+    for extra in ((), (pki.ca_cert,), (leaf, pki.ca_cert)):
+        for protection in (None, b"\x01" * 32, b"\x02" * 300):
+            msg = cmp.PKIMessage(hdr, builders.pkiconf_body(), extra_certs=extra)
+            if protection is not None:
+                msg = msg.with_protection(protection)
+            else:
+                msg.protected_part()  # encodes header and body: encode() then uses the parts
+            assert msg._parts is not None  # type: ignore[attr-defined]
+            reference = _asn1.encode(dataclasses.replace(msg).to_asn1())
+            assert msg.encode() == reference, (len(extra), protection)
+            assert cmp.PKIMessage.decode(reference).extra_certs == extra
