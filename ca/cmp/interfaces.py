@@ -140,7 +140,8 @@ class TransactionStore(Protocol):
         """Store ``transaction`` (``new``: create it, else update it) with the exchange's next
         write - the issued certificate's - in that write's unit of work if the store can (a new
         one whose ID is taken then fails that write with TransactionIdInUse), otherwise now.
-        Called from the issuer's ``before_store``; a later call replaces what was staged."""
+        Called from the issuer's ``before_store``; a later call, or a direct write of a
+        transaction (begin, update, finish), replaces what was staged."""
 
     def flush_staged(self) -> None:
         """Write what :meth:`stage` left if no write carried it (nothing when one did)."""

@@ -582,8 +582,16 @@ class SqlTransactionStore:
 
         return update
 
+    @staticmethod
+    def _unstage() -> None:
+        """A direct write of the exchange's transaction replaces what it staged."""
+        stage = _STAGE.get()
+        if stage is not None:
+            stage.unit = stage.taken = stage.finished = None
+
     def begin(self, transaction_: Transaction) -> None:
         t = transaction_
+        self._unstage()
         writer(self._sessions).run(self._insert_unit(t))
         if t.state is TransactionState.FINISHED:
             self._note_finished(t)
@@ -612,7 +620,7 @@ class SqlTransactionStore:
         if stage is None:
             (self.begin if new else self.update)(t)
             return
-        stage.unit = self._insert_unit(t) if new else self._update_unit(t)
+        stage.unit, stage.taken = (self._insert_unit(t) if new else self._update_unit(t)), None
         stage.finished = t if t.state is TransactionState.FINISHED else None
 
     def flush_staged(self) -> None:
@@ -635,6 +643,7 @@ class SqlTransactionStore:
 
     def update(self, transaction_: Transaction) -> None:
         t = transaction_
+        self._unstage()
         writer(self._sessions).run(self._update_unit(t))
         if t.state is TransactionState.FINISHED:
             self._note_finished(t)

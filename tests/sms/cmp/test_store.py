@@ -24,6 +24,7 @@ from sms.cmp.store import (
     SqlCmpProfileStore,
     SqlTransactionStore,
 )
+from sms import db
 from sms.db import transaction
 from sms.errors import Conflict
 from tests.client_sdk.cmptools import TestPki, ec_key, name
@@ -179,3 +180,33 @@ def test_concurrent_begin_with_one_transaction_id_has_one_winner(store, tmp_path
     for t in threads:
         t.join(30)
     assert (len(wins), len(losses)) == (1, 5)
+
+
+def test_staged_transaction_rides_with_the_next_write_or_is_flushed(store, tmp_path: Path) -> None:
+    """Within an exchange, stage() leaves the row for the write that takes it (the service
+    attaches it to the certificate's insert); flush_staged() writes what nobody took; a direct
+    write replaces what was staged; outside an exchange stage() writes at once."""
+    pki = TestPki(tmp_path, "Stage CA")
+    a, b, c = (_txn(pki, tid * 16, state=TransactionState.FINISHED) for tid in (b"A", b"B", b"C"))
+    with store.exchange() as stage:
+        store.stage(a, new=True)
+        assert store.lookup("onap", a.transaction_id) is None and store.in_use("onap", a.transaction_id) is False
+        unit = stage.take()
+        assert unit is not None and stage.take() is unit  # a retried write takes it again
+        db.writer(store._sessions).run(unit)  # the carrying write
+        store.flush_staged()  # taken: nothing more written (a second insert would collide)
+    assert store.lookup("onap", a.transaction_id) == a and store.in_use("onap", a.transaction_id)
+    with store.exchange():
+        store.stage(b, new=True)
+        store.flush_staged()  # nobody took it: written now
+    assert store.lookup("onap", b.transaction_id) == b
+    with store.exchange() as stage:
+        store.stage(c, new=True)
+        store.begin(dataclasses.replace(c, reason="refused"))  # replaces the staged row
+        assert stage.take() is None
+        store.flush_staged()
+    assert store.lookup("onap", c.transaction_id).reason == "refused"
+    store.stage(dataclasses.replace(a, transaction_id=b"D" * 16), new=True)  # no exchange: at once
+    assert store.in_use("onap", b"D" * 16)
+    with pytest.raises(errors.BadRequest):
+        store.in_use("onap", b"x" * 500)
