@@ -19,6 +19,10 @@
   (2 round trips). A 2 s warm-up precedes each mode; then rounds alternate between the servers
   (who goes first alternates too), each run after waiting (at most 3 s) for the machine to calm.
 
+``--in-process``: no servers, no HTTP - csm's WSGI app driven in this process by the same client,
+only the server call timed: csm's CPU per transaction (implicitConfirm and certConf), repeatable
+on a busy machine where throughput is not (``--transactions`` per round, ``--rounds``).
+
 Prints transactions/s (median and every run), p50/p99 latency, server CPU and load-generator CPU
 per transaction, the CPU used by everything else on the machine, and the ratios csm / openssl.
 The client is the same for both servers, so its CPU per transaction is (nearly) the same; with
@@ -237,6 +241,94 @@ def run_load(t: Target, key_pem: bytes, implicit: bool, duration: float, concurr
                   errors, cpu * 1000 / n if n else nan, client_cpu * 1000 / n if n else nan, other)
 
 
+# ---- in-process: server CPU per transaction --------------------------------------------------------
+
+def in_process(n: int, warm: int, rounds: int) -> None:
+    """csm's CPU per CMP transaction without HTTP, clients or other processes: the app's WSGI
+    callable (fast route) driven by the SDK client in this process, a fresh SQLite data
+    directory and SoftHSM token, the same CA and CMP profile as the served benchmark. Only the
+    server call is timed (process CPU around it: the group commit runs on the calling thread).
+    Repeatable on a busy machine where throughput is not; rounds alternate the modes."""
+    import io
+
+    here = Path(__file__).resolve().parent  # bench/secrets.py must not shadow the stdlib's secrets
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    with tempfile.TemporaryDirectory(prefix="csm-bench-cmp-inproc-") as tmp:
+        from hsm.softhsm import DEFAULT_MODULE, init_token, write_softhsm_conf
+
+        os.environ["SOFTHSM2_CONF"] = str(write_softhsm_conf(Path(tmp)))
+        init_token(Path(os.environ["SOFTHSM2_CONF"]), "bench", "so-bench-pin", "bench-pin")
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        from ca import CreateRootRequest
+        from client_sdk import cmp
+        from hsm import KeyType
+        from hsm.keystore import KeyStore
+        from hsm.types import TokenConfig
+        from sms import db
+        from sms.app import create_app
+        from sms.ca.wiring import ca_engine
+        from sms.cmp.store import CmpProfile
+        from sms.cmp.wiring import cmp_service
+        from sms.config import Settings
+        from sms.runtime import AUDIT_MAC_KEY, build_services
+
+        ks = KeyStore(TokenConfig(module_path=DEFAULT_MODULE, token_label="bench", pin="bench-pin"))
+        ks.open()
+        settings = Settings(data_dir=str(Path(tmp) / "data"), plain_http=True)
+        engine = db.make_engine(settings.effective_database_url)
+        svc = build_services(settings, engine=engine, keystore=ks)
+        db.migrate(engine)
+        ks.generate(AUDIT_MAC_KEY, KeyType.AES_256)
+        root = ca_engine(svc).create_root(CreateRootRequest(name="bench", subject="CN=csm Bench CA,O=csm"))
+        ca_engine(svc).install_builtin_profiles("bench")
+        cmp_service(svc).create_profile(CmpProfile(name="bench", ca="bench", cert_profile="tls-client",
+                                                   response_pbm_iterations=ITERATIONS), {REF: SECRET})
+        wsgi = create_app(services=svc).wsgi_app
+        cpu = [0.0, 0]
+
+        class Direct:
+            def send(self, request: bytes) -> bytes:
+                env = {"REQUEST_METHOD": "POST", "PATH_INFO": "/.well-known/cmp/p/bench", "QUERY_STRING": "",
+                       "CONTENT_TYPE": "application/pkixcmp", "CONTENT_LENGTH": str(len(request)),
+                       "wsgi.input": io.BytesIO(request), "REMOTE_ADDR": "127.0.0.1", "SERVER_NAME": "bench",
+                       "SERVER_PORT": "80", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+                       "wsgi.errors": sys.stderr}
+                status: list[str] = []
+                t0 = time.process_time()
+                body = b"".join(wsgi(env, lambda st, _h, _e=None: status.append(st)))
+                cpu[0] += time.process_time() - t0
+                cpu[1] += 1
+                if not status[0].startswith("200"):
+                    raise RuntimeError(f"csm answered {status[0]}")
+                return body
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nf.example.com")])
+        clients = {mode: cmp.CmpClient(Direct(), recipient=root.certificate.subject, secret=SECRET.encode(),
+                                       reference=REF.encode(), pbm_iterations=ITERATIONS, implicit_confirm=implicit)
+                   for mode, implicit in (("implicitConfirm", True), ("certConf", False))}
+        for c in clients.values():
+            for _ in range(warm):
+                c.ir(key, subject=subject)
+        runs: dict[str, list[float]] = {mode: [] for mode in clients}
+        for _ in range(rounds):
+            for mode, c in clients.items():
+                cpu[0], cpu[1] = 0.0, 0
+                for _ in range(n):
+                    c.ir(key, subject=subject)
+                runs[mode].append(cpu[0] * 1000 / n)
+        print(f"csm in process: server CPU per CMP transaction (ir, PBM {ITERATIONS} it., EC P-256; SQLite, "
+              f"SoftHSM, audited), {rounds} rounds x {n} transactions, median")
+        for mode, ms in runs.items():
+            print(f"  {mode:15s} {statistics.median(ms):6.2f} ms/tx  ({' '.join(f'{x:.2f}' for x in ms)})")
+        engine.dispose()
+        ks.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per measured run")
@@ -245,7 +337,14 @@ def main() -> None:
     ap.add_argument("--fresh-salt", action="store_true",
                     help="the client uses a fresh PBM salt per message (as openssl does) instead of reusing "
                          "one for 60 s, so the server derives a PBM key for every request")
+    ap.add_argument("--in-process", action="store_true",
+                    help="measure csm's server CPU per transaction in this process (no HTTP, no mock): "
+                         "repeatable on a busy machine")
+    ap.add_argument("--transactions", type=int, default=500, help="--in-process: transactions per round and mode")
     args = ap.parse_args()
+    if args.in_process:
+        in_process(args.transactions, warm=100, rounds=args.rounds)
+        return
     from cryptography.hazmat.primitives.asymmetric import ec
 
     started = time.monotonic()
