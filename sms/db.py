@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from .groupcommit import GroupCommit, GroupCommitError
@@ -312,13 +312,25 @@ def read_one(factory: sessionmaker[Session] | Engine, sql: str, params: Sequence
     statement is atomic by itself (SQLite runs it in autocommit; on PostgreSQL the pool's
     reset-on-return ends the implicit transaction). Saves BEGIN/COMMIT on hot reads.
 
-    On SQLite each thread keeps one pooled connection for these reads (no pool checkout and
-    reset per read); it is dropped on any error and after a fork."""
+    Each thread keeps one pooled connection for these reads (no pool checkout, reset and, on
+    PostgreSQL, pre-ping round trip per read; PostgreSQL's is in autocommit mode, so no
+    transaction is left open between reads); it is dropped on any error and after a fork. On
+    PostgreSQL a read that fails because its kept connection died (a server restart) is tried
+    once more on a fresh one."""
     engine: Engine = factory if isinstance(factory, Engine) else factory.kw["bind"]
     dialect = engine.dialect
     assert dialect.dbapi is not None
-    if dialect.name == "sqlite" and isinstance(engine.pool, QueuePool):  # a database file
+    if isinstance(engine.pool, QueuePool):  # a database file or server (not :memory:)
         try:
+            return _thread_reader(engine).one(sql, params)
+        except OperationalError:
+            _drop_thread_reader(engine)
+            if dialect.name != "postgresql":
+                raise
+        except BaseException:
+            _drop_thread_reader(engine)
+            raise
+        try:  # the kept connection was gone: once more on a new one (a SELECT may be repeated)
             return _thread_reader(engine).one(sql, params)
         except BaseException:
             _drop_thread_reader(engine)
@@ -344,6 +356,9 @@ def _thread_reader(engine: Engine) -> RawTx:
     conn = engine.raw_connection()
     dialect = engine.dialect
     assert dialect.dbapi is not None
+    if dialect.name == "postgresql":
+        conn.dbapi_connection.rollback()  # idle after the pool's ping: no round trip
+        conn.dbapi_connection.autocommit = True
     reader = RawTx(conn.cursor(), dialect.name, dialect.paramstyle, dialect.dbapi.Error)
     _READERS.kept = (engine, conn, reader)
     return reader
@@ -355,7 +370,12 @@ def _drop_thread_reader(engine: Engine, *, invalidate: bool = True) -> None:
         return
     _READERS.kept = None
     try:
-        kept[1].invalidate() if invalidate else kept[1].close()
+        if invalidate:
+            kept[1].invalidate()
+        else:
+            if engine.dialect.name == "postgresql":
+                kept[1].dbapi_connection.autocommit = False  # back to the pool as it came
+            kept[1].close()
     except Exception:  # noqa: BLE001 - already broken
         log.debug("dropping a broken read connection", exc_info=True)
 

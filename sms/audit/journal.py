@@ -25,9 +25,11 @@ folded. Appends are refused (the request gets 503) when the backlog exceeds ``ma
 bytes or nothing could be folded for ``max_lag`` seconds: the journal never becomes an
 unbounded substitute for the chain.
 
-Within a worker the chain keeps the order of the worker's entries: a write's own entry first
-folds what the worker journaled before it (same transaction, see ``AuditLog.attached``).
-Entries of different workers interleave in fold order; each carries its own timestamp.
+Within a worker the chain keeps the order of the worker's entries: on SQLite a write's own
+entry first folds what the worker journaled before it (same transaction, see
+``AuditLog.attached``); on PostgreSQL writes put their entries in the ``audit_pending`` outbox
+and a fold merges outbox and journal entries by time. Entries of different workers interleave
+in fold order; each carries its own timestamp.
 """
 from __future__ import annotations
 
@@ -114,9 +116,11 @@ class Journal:
     to the end and marks the files finished."""
 
     def __init__(self, directory: Path, fold: FoldFn, *, interval: float = 0.2, rotate_bytes: int = 64 << 20,
-                 max_backlog: int = 64 << 20, max_lag: float = 30.0, orphan_every: float = 5.0) -> None:
+                 max_backlog: int = 64 << 20, max_lag: float = 30.0, orphan_every: float = 5.0,
+                 waiting: Callable[[], bool] | None = None) -> None:
         self.directory = directory
         self._fold = fold
+        self._waiting = waiting  # entries waiting elsewhere (the PostgreSQL outbox): fold them too
         self.interval = interval
         self.rotate_bytes = rotate_bytes
         self.max_backlog = max_backlog
@@ -205,6 +209,10 @@ class Journal:
                     f.folded = got
                     if f.folded >= f.written:
                         break
+            for _ in range(100):  # bounded: 10 000 entries a round
+                if self._waiting is None or not self._waiting():
+                    break
+                self._fold([], False)
             self._last_ok = time.monotonic()
             self._failures = 0
             self._retire()
@@ -303,6 +311,11 @@ class Journal:
                 os.close(f.fd)
         except Exception as exc:  # noqa: BLE001 - at exit: leave the file for the next process
             log.warning("audit journal left for the next start to fold: %s", type(exc).__name__)
+
+    def stalled(self) -> bool:
+        """Folding has failed for longer than ``max_lag``: entries waiting elsewhere (the
+        PostgreSQL outbox) must not pile up unsealed either."""
+        return self._failures > 0 and time.monotonic() - self._last_ok > self.max_lag
 
     def backlog(self) -> int:
         with self._lock:

@@ -47,6 +47,25 @@ class AuditJournalMark(Base):
     updated: Mapped[int] = mapped_column(BigInteger)
 
 
+class AuditPending(Base):
+    """PostgreSQL with the journal: entries of committed writes waiting to be linked into the
+    chain (migration 0006). A write inserts its entry here in its own transaction — atomic with
+    the write, without queueing on the chain head's row lock — and the fold links and deletes it."""
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    ts: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(1024))
+    outcome: Mapped[str] = mapped_column(String(32))
+    status: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str] = mapped_column(String(64))
+    remote: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+
+
 class MetaRow(Base):
     """Instance-wide key/value facts (instance id, init time, key labels in use)."""
 

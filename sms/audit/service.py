@@ -26,11 +26,11 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import Attached, RawTx, transaction, write_lock, writer
+from ..db import Attached, RawTx, read_one, transaction, write_lock, writer
 from ..errors import ServiceUnavailable
 from ..groupcommit import GroupCommit
 from .journal import Journal, decode_line, encode_line, read_complete
-from .models import AuditHead, AuditJournalMark, AuditRow
+from .models import AuditHead, AuditJournalMark, AuditPending, AuditRow
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,16 @@ class MacKeyStore(Protocol):
     def encrypt(self, label: str, plaintext: bytes, aad: bytes = b"") -> bytes: ...
 
     def decrypt(self, label: str, blob: bytes, aad: bytes = b"") -> bytes: ...
+
+
+def _bounded(ev: AuditEvent) -> tuple[Any, ...]:
+    """An entry's columns as stored (lengths bounded by the table)."""
+    return (ev.actor[:256], ev.action[:64], ev.resource[:1024], ev.outcome, ev.status, ev.request_id[:64],
+            ev.remote[:64], _DETAIL_JSON(ev.detail or {}))
+
+
+def _nothing(tx: RawTx) -> None:
+    """No finishing step (an outbox entry is MAC'd when it is folded)."""
 
 
 class AuditUnwritable(ServiceUnavailable):
@@ -109,6 +119,13 @@ _MARK_SQL = f"SELECT folded FROM {AuditJournalMark.__tablename__} WHERE name = ?
 _SET_MARK_SQL = (f"INSERT INTO {AuditJournalMark.__tablename__} (name, folded, updated) VALUES (?, ?, ?) "
                  "ON CONFLICT (name) DO UPDATE SET folded = excluded.folded, updated = excluded.updated")
 _FORGET_MARKS_SQL = f"DELETE FROM {AuditJournalMark.__tablename__} WHERE folded < 0 AND updated < ?"
+_PENDING_COLUMNS = ("ts", "actor", "action", "resource", "outcome", "status", "request_id", "remote", "detail")
+_PENDING_INSERT_SQL = (f"INSERT INTO {AuditPending.__tablename__} ({', '.join(_PENDING_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' for _ in _PENDING_COLUMNS)})")
+_PENDING_SELECT_SQL = (f"SELECT id, {', '.join(_PENDING_COLUMNS)} FROM {AuditPending.__tablename__} "
+                       "ORDER BY id LIMIT 10000")
+_PENDING_DELETE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ANY(?)"
+_PENDING_ANY_SQL = f"SELECT 1 FROM {AuditPending.__tablename__} LIMIT 1"
 _FOLD_CHUNK = 4 << 20  # journal bytes folded per transaction (a final fold reads to the end)
 
 
@@ -125,7 +142,9 @@ class AuditLog:
     With ``journal_dir`` (``audit_sync = "journal"``, the default) ``append`` instead writes
     the entry to this process's journal file and returns at once; the journal is folded into
     the chain in the background (:mod:`sms.audit.journal`). Entries of writes still commit in
-    the write's transaction (:meth:`attached`).
+    the write's transaction (:meth:`attached`); on PostgreSQL, with the journal, they commit
+    into ``audit_pending`` (the *outbox*) and are linked into the chain by the same fold, so
+    writes of all instances no longer queue one by one on the chain head's row lock.
     """
 
     def __init__(self, sessions: sessionmaker[Session], keystore: MacKeyStore, mac_key_label: str, *,
@@ -138,8 +157,10 @@ class AuditLog:
         self._group: GroupCommit[tuple[str, AuditEvent], int] = GroupCommit(
             self._commit_batch, max_batch=max(1, batch_max), timeout=wait_timeout,
             gate=lock.hold if lock is not None else None)
+        self._outbox = journal_dir is not None and sessions.kw["bind"].dialect.name == "postgresql"
         self.journal: Journal | None = (
-            Journal(journal_dir, self._fold, interval=fold_interval, **journal_options)
+            Journal(journal_dir, self._fold, interval=fold_interval,
+                    waiting=self._outbox_waiting if self._outbox else None, **journal_options)
             if journal_dir is not None else None)
 
     @property
@@ -180,10 +201,21 @@ class AuditLog:
         """Fold journal files into the chain in one transaction (see :meth:`_append_rows`)."""
         offsets: dict[str, int] = {}
         with writer(self._sessions).transaction() as tx:
-            self._append_rows(tx, (), journals=files, final=final, offsets=offsets)
+            self._append_rows(tx, (), journals=files, final=final, offsets=offsets, outbox=self._outbox)
             if final:
                 tx.execute(_FORGET_MARKS_SQL, (int(time.time()) - 86400,))
         return offsets
+
+    def _outbox_waiting(self) -> bool:
+        return read_one(self._sessions, _PENDING_ANY_SQL) is not None
+
+    @staticmethod
+    def _pending_items(tx: RawTx) -> list[tuple[str, AuditEvent]]:
+        """The outbox's committed entries (taken out of it in ``tx``)."""
+        rows = tx.execute(_PENDING_SELECT_SQL).fetchall()
+        if rows:
+            tx.execute(_PENDING_DELETE_SQL, ([r[0] for r in rows],))
+        return [(r[1], AuditEvent(r[2], r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))) for r in rows]
 
     def _journal_items(self, tx: RawTx, files: Sequence[tuple[str, int]], final: bool,
                        offsets: dict[str, int]) -> list[tuple[str, AuditEvent]]:
@@ -226,12 +258,23 @@ class AuditLog:
         before its COMMIT (once per transaction, so a batch of writes costs one MAC, as appends
         do). The committed entry is left in ``record``."""
 
+        outbox = self._outbox
+
         def prepare() -> Callable[[RawTx, Any], None]:
             ts, ev = datetime.now(UTC).isoformat(timespec="microseconds"), event()
 
             def add(tx: RawTx, result: Any) -> None:
                 described = getattr(result, "audit_detail", None)
                 entry = replace(ev, detail={**(ev.detail or {}), **described()}) if described is not None else ev
+                if outbox:  # PostgreSQL: into the outbox, linked by the next fold
+                    if self.journal is not None and self.journal.stalled():
+                        raise AuditUnwritable("the audit log cannot be written; request refused")
+                    try:
+                        tx.execute(_PENDING_INSERT_SQL, (ts, *_bounded(entry)))
+                    except Exception as exc:
+                        raise AuditUnwritable("the audit log cannot be written; request refused") from exc
+                    work.record = entry
+                    return
                 # What this process journaled before the write goes first: its chain order
                 # stays the order of its requests.
                 pending = self.journal.pending_files() if self.journal is not None else ()
@@ -243,7 +286,7 @@ class AuditLog:
 
             return add
 
-        work = Attached(prepare, self._mac_head)
+        work = Attached(prepare, _nothing if outbox else self._mac_head)
         return work
 
     def _mac_head(self, tx: RawTx) -> None:
@@ -265,19 +308,21 @@ class AuditLog:
 
     def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True,
                      journals: Sequence[tuple[str, int]] = (), final: bool = False,
-                     offsets: dict[str, int] | None = None) -> list[int]:
+                     offsets: dict[str, int] | None = None, outbox: bool = False) -> list[int]:
         """Link ``items`` into the chain after the entries of ``journals`` not folded yet (see
-        :meth:`_journal_items`); MAC the last one if ``mac``. Returns the seqs of ``items``."""
+        :meth:`_journal_items`) and, with ``outbox``, those of the outbox; MAC the last one if
+        ``mac``. Returns the seqs of ``items``."""
         head = tx.one(_HEAD_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""))
+        # The outbox first: a write visible there was preceded by every entry its worker had
+        # journaled, so those are in the files read next; both sources merge by time.
+        folded = self._pending_items(tx) if outbox else []
         if journals:
-            folded = self._journal_items(tx, journals, final, {} if offsets is None else offsets)
-            if folded:
-                items = [*folded, *items]
-                skip = len(folded)
-            else:
-                skip = 0
-        else:
-            skip = 0
+            folded += self._journal_items(tx, journals, final, {} if offsets is None else offsets)
+            if outbox:
+                folded.sort(key=lambda it: it[0])
+        skip = len(folded)
+        if folded:
+            items = [*folded, *items]
         if not items:
             return []
         if head is None:  # pragma: no cover - created by the migration
@@ -289,9 +334,7 @@ class AuditLog:
         for ts, ev in items:
             seq += 1
             digest = hashlib.sha256(_canonical(seq, ts, ev, prev)).hexdigest()
-            rows.append([seq, ts, ev.actor[:256], ev.action[:64], ev.resource[:1024], ev.outcome, ev.status,
-                         ev.request_id[:64], ev.remote[:64], _DETAIL_JSON(ev.detail or {}),
-                         prev, digest, b"", self._label])
+            rows.append([seq, ts, *_bounded(ev), prev, digest, b"", self._label])
             prev = digest
         if mac:
             rows[-1][12] = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(prev))

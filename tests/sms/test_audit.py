@@ -22,6 +22,7 @@ def test_requests_are_recorded_with_actor_action_outcome(client, root_headers, s
 def test_token_never_appears_in_audit(client, root_token, root_headers, services):
     created = client.post("/v1/auth/tokens", json={}, headers=root_headers).json
     client.get("/v1/auth/tokens/self", headers={"X-CSM-Token": created["token"]})
+    services.audit.flush()
     with services.engine.connect() as c:
         dump = " ".join(str(r) for r in c.execute(text("SELECT * FROM audit_log")))
     assert created["token"] not in dump and root_token not in dump
@@ -97,11 +98,13 @@ from sms import db  # noqa: E402
 
 
 def _count(services):
+    services.audit.flush()  # journal (and on PostgreSQL the outbox) into the chain
     with services.engine.connect() as c:
         return c.execute(text("SELECT COUNT(*) FROM audit_log")).scalar_one()
 
 
 def _head(services):
+    services.audit.flush()
     with services.engine.connect() as c:
         return tuple(c.execute(text("SELECT seq, entry_hash FROM audit_head WHERE id = 1")).one())
 
@@ -139,6 +142,7 @@ def test_a_tail_cut_inside_a_batch_is_detected(services):
 
 
 def _refuse_audit_inserts(services, on: bool):
+    """Make every insert into the audit log (and PostgreSQL's audit outbox) fail, or stop that."""
     with services.engine.begin() as c:
         if services.engine.dialect.name == "sqlite":
             c.execute(text("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'full'); END"
@@ -146,10 +150,12 @@ def _refuse_audit_inserts(services, on: bool):
         elif on:
             c.execute(text("CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
                            "$$ BEGIN RAISE EXCEPTION 'full'; END $$"))
-            c.execute(text("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log FOR EACH ROW "
-                           "EXECUTE FUNCTION refuse_audit()"))
+            for table in ("audit_log", "audit_pending"):
+                c.execute(text(f"CREATE TRIGGER refuse_audit BEFORE INSERT ON {table} FOR EACH ROW "
+                               "EXECUTE FUNCTION refuse_audit()"))
         else:
-            c.execute(text("DROP TRIGGER refuse_audit ON audit_log"))
+            for table in ("audit_log", "audit_pending"):
+                c.execute(text(f"DROP TRIGGER refuse_audit ON {table}"))
             c.execute(text("DROP FUNCTION refuse_audit()"))
 
 
@@ -244,7 +250,9 @@ def test_a_write_whose_audit_entry_cannot_be_written_is_rolled_back(app, root_he
         assert [put.status_code, create.status_code, drop.status_code] == [503, 503, 503]
     finally:
         _refuse_audit_inserts(services, False)
-    assert _head(services) == head and _count(services) == n
+    # No write's entry landed; the three refusals are on record (journaled, folded now).
+    assert _count(services) == n + 3
+    assert [(e["status"], e["outcome"]) for e in services.audit.entries(after=head[0])] == [(503, "error")] * 3
     assert _secret(client, root_headers) == (200, 1, {"v": 1})  # the version was not bumped
     assert _secret(client, root_headers, "t")[0] == 404
     assert services.audit.verify().ok
@@ -270,6 +278,7 @@ def test_each_committed_write_has_exactly_one_entry_and_the_chain_verifies(app, 
     for t in threads:
         t.join(60)
     assert statuses == [200] * 30
+    services.audit.flush()
     with services.engine.connect() as c:
         rows = c.execute(text("SELECT request_id, status, outcome, detail FROM audit_log WHERE seq > :n"),
                          {"n": n}).all()

@@ -259,3 +259,52 @@ def test_journals_of_a_killed_server_are_folded_by_the_next_start(tmp_path):
         assert _wait_for(lambda: not any(f in left for f in (data / "audit-journal").glob("*.journal")), 20)
         assert sorted(killed_reads()) == sorted(f"kill-{i}" for i in range(20))
         assert cli(["audit", "verify"], again.env).returncode == 0
+
+
+def _pg_app(make_services, **journal_options):
+    from sms.app import create_app
+
+    services = make_services("postgres")
+    if journal_options:
+        services.audit.close()
+        services.audit = _log(services, **journal_options)
+    token, _ = services.auth.create_token(root=True)
+    return services, create_app(services=services).test_client(), {"X-CSM-Token": token}
+
+
+@pytest.mark.postgres
+def test_postgres_writes_commit_their_entries_into_the_outbox_and_the_fold_links_them(make_services):
+    services, client, h = _pg_app(make_services)
+    assert client.post("/v1/domains", json={"name": "ob"}, headers={**h, "X-Request-ID": "ob-1"}).status_code == 201
+    with services.engine.connect() as c:
+        pending = [r[0] for r in c.execute(text("SELECT request_id FROM audit_pending"))]
+    assert pending == ["ob-1"] and "ob-1" not in _request_ids(services)  # committed with the write, not linked yet
+    services.audit.flush()
+    with services.engine.connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM audit_pending")).scalar_one() == 0
+    assert _request_ids(services).count("ob-1") == 1
+    assert services.audit.verify().ok
+
+
+@pytest.mark.postgres
+def test_postgres_writes_are_refused_once_the_fold_has_failed_for_too_long(make_services):
+    services, client, h = _pg_app(make_services, fold_interval=0.05, max_lag=0.5)
+    services.audit.start()
+    with services.engine.begin() as c:  # the chain refuses inserts; the outbox still takes them
+        c.execute(text("CREATE FUNCTION refuse_chain() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RAISE EXCEPTION 'full'; END $$"))
+        c.execute(text("CREATE TRIGGER refuse_chain BEFORE INSERT ON audit_log FOR EACH ROW "
+                       "EXECUTE FUNCTION refuse_chain()"))
+    try:
+        assert client.post("/v1/domains", json={"name": "st1"}, headers=h).status_code == 201
+        time.sleep(0.8)
+        refused = client.post("/v1/domains", json={"name": "st2"}, headers=h)
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+    finally:
+        with services.engine.begin() as c:
+            c.execute(text("DROP TRIGGER refuse_chain ON audit_log"))
+            c.execute(text("DROP FUNCTION refuse_chain()"))
+    assert _wait_for(lambda: not services.audit.journal.stalled())
+    assert client.post("/v1/domains", json={"name": "st3"}, headers=h).status_code == 201
+    assert client.get("/v1/domains/st2", headers=h).status_code == 404  # the refused write left nothing
+    assert services.audit.verify().ok

@@ -149,18 +149,17 @@ def test_a_failed_audit_write_stores_no_certificate(apps: Any, services: Any, ro
     """The entry commits with the certificate: when it cannot be added nothing is issued, and
     the request goes to Flask, which refuses it the same way."""
     _root, ca = cas
-    from sms.audit.service import AuditLog
+    from tests.sms.test_audit import _refuse_audit_inserts
 
-    def broken(self: Any, *a: Any, **k: Any) -> None:
-        raise RuntimeError("audit store down")
-
-    monkeypatch.setattr(AuditLog, "_append_rows", broken)
-    monkeypatch.setattr(AuditLog, "_mac_head", broken)
     store = ca_store(services)
     issued_before = len(store.search(CertificateQuery(ca_name=ca, limit=1000)))
-    r = _post(apps[0], f"/v1/ca/{ca}/sign?profile=tls-server", make_csr(name("e.example.com"), dns=["e.example.com"]),
-              root_headers, "audit-down")
-    assert r.status_code >= 500
+    _refuse_audit_inserts(services, True)  # the audit log (and PostgreSQL's outbox) refuse every insert
+    try:
+        r = _post(apps[0], f"/v1/ca/{ca}/sign?profile=tls-server",
+                  make_csr(name("e.example.com"), dns=["e.example.com"]), root_headers, "audit-down")
+    finally:
+        _refuse_audit_inserts(services, False)
+    assert r.status_code == 503
     assert len(store.search(CertificateQuery(ca_name=ca, limit=1000))) == issued_before
 
 
