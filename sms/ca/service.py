@@ -254,14 +254,20 @@ def issue_ocsp_responder(svc: Any, ca_name: str, *, validity_days: int, requeste
 
     engine = ca_engine(svc)
     cred = engine.issue_ocsp_responder(ca_name, validity=dt.timedelta(days=validity_days), requester=requester)
-    with transaction(svc.sessions) as s:
-        row = s.get(OcspResponderRow, ca_name)
-        old = row.key_label if row is not None else None
-        if row is None:
-            s.add(OcspResponderRow(ca_name=ca_name, key_label=cred.key_label, certificate=cred.certificate_der,
-                                   created_at=int(time.time())))
-        else:
-            row.key_label, row.certificate, row.created_at = cred.key_label, cred.certificate_der, int(time.time())
+    try:
+        with transaction(svc.sessions) as s:
+            row = s.get(OcspResponderRow, ca_name)
+            old = row.key_label if row is not None else None
+            if row is None:
+                s.add(OcspResponderRow(ca_name=ca_name, key_label=cred.key_label, certificate=cred.certificate_der,
+                                       created_at=int(time.time())))
+            else:
+                row.key_label, row.certificate, row.created_at = cred.key_label, cred.certificate_der, int(time.time())
+    except BaseException:
+        # Not made the responder: its new key would sign nothing (its certificate stays in the
+        # inventory, unused, until it expires).
+        _destroy_key(svc, cred.key_label)
+        raise
     forget_ocsp_responder(svc, ca_name)
     if old is not None and old != cred.key_label:
         _destroy_key(svc, old)
@@ -300,4 +306,4 @@ def _destroy_key(svc: Any, label: str) -> None:
     except hsm.KeyNotFound:
         pass
     except hsm.HsmError as exc:  # the row is gone either way; the key is only unused
-        log.warning("could not destroy the old OCSP responder key %s: %s", label, type(exc).__name__)
+        log.warning("could not destroy the unused OCSP responder key %s: %s", label, type(exc).__name__)

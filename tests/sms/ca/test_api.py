@@ -478,3 +478,25 @@ def test_a_delegated_ocsp_responder_signs_the_answers_until_removed(client: Any,
     assert client.delete(url, headers=root_headers).status_code == 404
     actions = [e["action"] for e in services.audit.entries(limit=100000)]
     assert {"ca.ocsp_responder.issue", "ca.ocsp_responder.remove"} <= set(actions)
+
+
+def test_a_responder_whose_row_cannot_be_stored_leaves_no_key_in_the_token(client: Any, services: Any,
+                                                                             root_headers: dict[str, str],
+                                                                             cas: tuple[str, str]) -> None:
+    from sqlalchemy import text
+
+    _root, sub = cas
+    before = {k.label for k in services.keystore.get().list_keys()}
+    with services.engine.begin() as c:  # the database refuses the responder row
+        if services.engine.dialect.name == "sqlite":
+            c.execute(text("CREATE TRIGGER refuse_responder BEFORE INSERT ON ca_ocsp_responders "
+                           "BEGIN SELECT RAISE(ABORT, 'full'); END"))
+        else:
+            c.execute(text("CREATE FUNCTION refuse_responder() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN RAISE EXCEPTION 'full'; END $$"))
+            c.execute(text("CREATE TRIGGER refuse_responder BEFORE INSERT ON ca_ocsp_responders FOR EACH ROW "
+                           "EXECUTE FUNCTION refuse_responder()"))
+    r = client.post(f"/v1/ca/{sub}/ocsp-responder", json={}, headers=root_headers)
+    assert r.status_code >= 500 and r.mimetype == "application/problem+json"
+    assert {k.label for k in services.keystore.get().list_keys()} == before  # the new key was destroyed
+    assert client.get(f"/v1/ca/{sub}/ocsp-responder", headers=root_headers).status_code == 404
