@@ -293,7 +293,8 @@ def audit() -> None:
 @audit.command("verify")
 @settings_options
 def audit_verify(**kwargs: Any) -> None:
-    """Verify every entry's hash, chain link and token MAC. Exit 1 on the first bad entry."""
+    """Fold the workers' audit journals into the chain, then verify every entry's hash, chain
+    link and token MAC. Exit 1 on the first bad entry."""
     svc = _local_services(kwargs)
     shown = [0]
 
