@@ -9,8 +9,13 @@ and audit entry (action ``cmp.<request type>``, resource ``cmp/<profile>``, iden
 else to Flask unchanged, before anything happened: another content type, no or a too large
 Content-Length, an empty or short body, an unknown profile, an unavailable CA (Flask answers
 415/413/400/404/503 with its problem document and audit entry). CMP refusals are CMP answers
-(200) here as there. An audit entry that cannot be written refuses the exchange with a 503, as
-Flask's ``record_audit`` does. ``Settings.fast_routes = false`` leaves it out.
+(200) here as there. The exchange's audit entry commits in the transaction of the exchange's
+write (an ir's certificate with its CMP transaction row, a certConf's finish; as the CA sign
+route's entry) when the answer is known by then, else it is appended afterwards as for a read.
+An entry that cannot be added to the write fails that write (nothing is issued; a CMP
+systemFailure answer, whose own entry is then appended); one that cannot be appended refuses the
+exchange with a 503, as Flask's ``record_audit`` does. ``Settings.fast_routes = false`` leaves
+it out.
 """
 from __future__ import annotations
 
