@@ -147,7 +147,8 @@ def start_csm(workdir: Path, extra: list[str], stack: ExitStack) -> Target:
         s.post(base + "/v1/domains/bench/secrets", json={"name": f"k{i}", "values": secret_values(i)}
                ).raise_for_status()
     body = json.dumps({"values": secret_values(7)})
-    return Target("csm (SQLite, token AES-GCM)", base, ("PUT", "/v1/domains/bench/secrets/k", body),
+    storage = "PostgreSQL" if any(a.startswith(("--database-url", "postgresql")) for a in extra) else "SQLite"
+    return Target(f"csm ({storage}, token AES-GCM)", base, ("PUT", "/v1/domains/bench/secrets/k", body),
                   "/v1/domains/bench/secrets/k", "X-CSM-Token", token, proc.pid)
 
 
