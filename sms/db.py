@@ -357,8 +357,9 @@ def _thread_reader(engine: Engine) -> RawTx:
     dialect = engine.dialect
     assert dialect.dbapi is not None
     if dialect.name == "postgresql":
-        conn.dbapi_connection.rollback()  # idle after the pool's ping: no round trip
-        conn.dbapi_connection.autocommit = True
+        raw: Any = conn.dbapi_connection
+        raw.rollback()  # idle after the pool's ping: no round trip
+        raw.autocommit = True
     reader = RawTx(conn.cursor(), dialect.name, dialect.paramstyle, dialect.dbapi.Error)
     _READERS.kept = (engine, conn, reader)
     return reader
@@ -374,7 +375,8 @@ def _drop_thread_reader(engine: Engine, *, invalidate: bool = True) -> None:
             kept[1].invalidate()
         else:
             if engine.dialect.name == "postgresql":
-                kept[1].dbapi_connection.autocommit = False  # back to the pool as it came
+                raw: Any = kept[1].dbapi_connection
+                raw.autocommit = False  # back to the pool as it came
             kept[1].close()
     except Exception:  # noqa: BLE001 - already broken
         log.debug("dropping a broken read connection", exc_info=True)

@@ -128,8 +128,8 @@ class Journal:
         self.orphan_every = orphan_every
         self._reset()
         me = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (j := me()) is not None and j._reset())
-        atexit.register(lambda: (j := me()) is not None and j.close())
+        os.register_at_fork(after_in_child=lambda: _call(me, Journal._reset))
+        atexit.register(_call, me, Journal.close)
 
     def _reset(self) -> None:
         """Fresh state (at start and in a forked child: the parent's files, locks and thread are
@@ -341,6 +341,13 @@ def _fold_loop(ref: weakref.ref[Journal], wake: threading.Event) -> None:
             return
         j.tick()
         del j
+
+
+def _call(ref: weakref.ref[Journal], method: Callable[[Journal], None]) -> None:
+    """``method`` of the journal, if it still exists (fork and exit hooks hold no reference)."""
+    j = ref()
+    if j is not None:
+        method(j)
 
 
 def _journal_files(directory: Path) -> list[Path]:
