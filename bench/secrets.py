@@ -9,7 +9,7 @@
 * OpenBao "persistent": integrated storage (raft, fsync per commit) in a temp dir, initialised
   and unsealed by this script, KV v2 at ``secret/``, and a **file audit device** declared in its
   config. OpenBao "dev": in-memory storage, no audit.
-* Load: ``wrk -t1 -c16 --latency`` over 1000 keys, secrets of 5 pairs (~160 bytes of JSON);
+* Load: ``wrk -t1 -c16 --latency`` over 1000 keys, secrets of 5 pairs (198 bytes of JSON, "about 200" as the issue asks);
   write = a new version of an existing key, read = the latest version of the same keys.
 * Fairness on a shared machine: the three servers run side by side (an idle server costs
   nothing) and the runs are **interleaved**: each round measures every system once per
@@ -64,8 +64,8 @@ KEYS = 1000
 
 
 def secret_values(i: int) -> dict[str, object]:
-    return {"username": f"svc-account-{i:04d}", "password": "Xk9#mP2$vL7@qR4!wN8&zT3^bY6*cF1%",
-            "host": "postgres-primary.db.internal.example.com", "port": 5432, "tls": True}
+    return {"username": f"svc-account-{i:04d}-payments-api", "password": "Xk9#mP2$vL7@qR4!wN8&zT3^bY6*cF1%hJ5~dS0+gH7=kL2?",
+            "host": "postgres-primary.eu-west-1.db.internal.example.com", "port": 5432, "tls": True}
 
 
 BODY_BYTES = len(json.dumps(secret_values(0)))
