@@ -146,6 +146,9 @@ class TransactionStore(Protocol):
     def flush_staged(self) -> None:
         """Write what :meth:`stage` left if no write carried it (nothing when one did)."""
 
+    def discard_staged(self) -> None:
+        """Forget what :meth:`stage` left: the issue failed, the certificate was not stored."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ResponseSigner:

@@ -141,9 +141,9 @@ class CmpServer:
             return self._respond(msg.header, outcome, requester, nonce)
         except errors.CmpError as exc:
             return self._error(msg.header, exc, requester, nonce)
-        except Exception:  # a collaborator failed: answer, log, leak nothing
+        except Exception as exc:  # a collaborator failed: answer, log, leak nothing
             log.exception("CMP request on profile %s failed", self.profile.name)
-            return self._error(msg.header, errors.SystemFailure("internal error"), requester, nonce)
+            return self._error(msg.header, self._unexpected(exc), requester, nonce)
 
     # ---- protection and header checks ---------------------------------------------------------
 
@@ -289,6 +289,11 @@ class CmpServer:
                            request_type=msg.body_type, server_nonce=nonce, created=self._now(),
                            **fields)  # type: ignore[arg-type]
 
+    def _unexpected(self, exc: Exception) -> errors.CmpError:
+        """The answer to a collaborator's unexpected failure: systemFailure, no details (a
+        subclass may recognise a temporary condition and answer systemUnavail)."""
+        return errors.SystemFailure("internal error")
+
     def _answering(self, body: Body) -> None:
         """Called with the answer's body before the write that concludes the exchange (the
         answer is then this one unless something fails after that write). A hook for
@@ -365,7 +370,11 @@ class CmpServer:
             staged[:] = [(issued.certificate, out)]
 
         try:
-            issued = self.issuer.issue(req, before_store=before_store)
+            try:
+                issued = self.issuer.issue(req, before_store=before_store)
+            except BaseException:  # nothing was stored: neither is the row staged for it
+                self.transactions.discard_staged()
+                raise
         except errors.TransactionIdInUse:  # the staged row's ID was taken meanwhile: nothing was stored
             raise
         except errors.CmpError as exc:  # refused by policy: answer in the ip/cp/kup itself

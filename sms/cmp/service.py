@@ -37,6 +37,7 @@ from client_sdk.cmp import errors as cmp_errors
 
 from ..audit.service import AuditEvent, AuditLog
 from ..db import Attached, RawTx, attach
+from ..errors import ServiceUnavailable
 from .errors import CmpRequestNotFound, CmpRequestNotPending, CmpUnavailable, InvalidCmpProfile
 from .store import (
     CmpProfile,
@@ -96,6 +97,7 @@ class _ExchangeWork:
         self.report = report
         self.event = audit[1] if audit is not None else None
         self.entry = audit[0].attached(self._event) if audit is not None else None
+        self.entry_failed = False  # adding the entry failed a write: later writes go without it
         self.work = Attached(self._prepare, self.entry.finish if self.entry is not None else _no_finish)
 
     def _event(self) -> AuditEvent:
@@ -104,7 +106,8 @@ class _ExchangeWork:
 
     def _prepare(self) -> Callable[[RawTx, object], None]:
         unit = self.stage.take()
-        add_entry = self.entry.prepare() if self.entry is not None and self.report.response else None
+        add_entry = self.entry.prepare() if self.entry is not None and self.report.response and \
+            not self.entry_failed else None
         if unit is None and add_entry is None:
             return _no_work
 
@@ -112,7 +115,13 @@ class _ExchangeWork:
             if unit is not None:
                 unit(tx)
             if add_entry is not None:
-                add_entry(tx, None)  # the write's own result (a certificate's serial) is not CMP's detail
+                try:
+                    add_entry(tx, None)  # the write's own result (a certificate's serial) is not CMP's detail
+                except Exception:
+                    # the write is refused; the error answer's own write (its nonce) must not fail
+                    # the same way: the answer's entry is then appended by the caller (or refused)
+                    self.entry_failed = True
+                    raise
 
         return add
 
@@ -182,6 +191,13 @@ class ReportingCmpServer(CmpServer):
             store.set_server_nonce(self.profile.name, tid, response.sender_nonce)
         else:  # pragma: no cover - other stores
             super()._remember_nonce(request, response)
+
+    def _unexpected(self, exc: Exception) -> cmp_errors.CmpError:
+        """A service that is temporarily unavailable (e.g. the audit entry of the exchange's
+        write cannot be added: nothing was stored) is answered systemUnavail: try later."""
+        if isinstance(exc, ServiceUnavailable):
+            return cmp_errors.SystemUnavail("the service is unavailable, try later")
+        return super()._unexpected(exc)
 
     def _error(self, request: Any, error: cmp_errors.CmpError, requester: Requester | None,
                nonce: bytes | None = None) -> bytes:

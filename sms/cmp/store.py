@@ -623,6 +623,9 @@ class SqlTransactionStore:
         stage.unit, stage.taken = (self._insert_unit(t) if new else self._update_unit(t)), None
         stage.finished = t if t.state is TransactionState.FINISHED else None
 
+    def discard_staged(self) -> None:
+        self._unstage()
+
     def flush_staged(self) -> None:
         """Called once the certificate is stored: the staged row is then committed with it (if
         that write took it), or is written now."""

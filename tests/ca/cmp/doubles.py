@@ -82,11 +82,19 @@ class MemoryTransactions:
         with self._lock:
             return (profile, transaction_id) in self.rows
 
+    staged: tuple[Transaction, bool] | None = None
+
     def stage(self, transaction: Transaction, *, new: bool) -> None:
-        (self.begin if new else self.update)(transaction)  # no units of work here: at once
+        self.staged = (transaction, new)  # no units of work here: written by flush_staged
 
     def flush_staged(self) -> None:
-        pass
+        if self.staged is not None:
+            txn, new = self.staged
+            self.staged = None
+            (self.begin if new else self.update)(txn)
+
+    def discard_staged(self) -> None:
+        self.staged = None
 
     def only(self) -> Any:
         (row,) = self.rows.values()

@@ -127,10 +127,14 @@ def test_an_audit_entry_that_cannot_be_added_leaves_no_certificate_and_no_transa
     monkeypatch.setattr(env.svc.audit, "_append_rows", broken)
     r = env.client.post("/.well-known/cmp", data=_ir(env, "lost.example.com"), headers=CT)
     monkeypatch.undo()
-    # refused: a 503 if the entry cannot be appended on its own either, else a CMP error
-    assert r.status_code == 503 or FailureInfo.SYSTEM_FAILURE in _error(r.data)
+    # refused: the write rolled back and the answer says "try later" (systemUnavail); a 503 if
+    # the answer's own entry cannot be appended either (audit_sync=commit appends to the chain)
+    assert r.status_code == 503 or FailureInfo.SYSTEM_UNAVAIL in _error(r.data)
     assert _issued(env) == issued
     assert env.cmp.transactions.count() == txns
+    entry = env.svc.audit.entries()[-1]
+    if r.status_code == 200:  # the refused exchange is audited as such
+        assert entry["action"] == "cmp.ir" and entry["detail"].get("failure") == "SystemUnavail"
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
