@@ -123,7 +123,7 @@ _PENDING_COLUMNS = ("ts", "actor", "action", "resource", "outcome", "status", "r
 _PENDING_INSERT_SQL = (f"INSERT INTO {AuditPending.__tablename__} ({', '.join(_PENDING_COLUMNS)}) "
                        f"VALUES ({', '.join('?' for _ in _PENDING_COLUMNS)})")
 _PENDING_SELECT_SQL = (f"SELECT id, {', '.join(_PENDING_COLUMNS)} FROM {AuditPending.__tablename__} "
-                       "ORDER BY id LIMIT 10000")
+                       "WHERE ts < ? ORDER BY id LIMIT 10000")
 _PENDING_DELETE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ANY(?)"
 _PENDING_ANY_SQL = f"SELECT 1 FROM {AuditPending.__tablename__} LIMIT 1"
 _FOLD_CHUNK = 4 << 20  # journal bytes folded per transaction (a final fold reads to the end)
@@ -210,18 +210,19 @@ class AuditLog:
         return read_one(self._sessions, _PENDING_ANY_SQL) is not None
 
     @staticmethod
-    def _pending_items(tx: RawTx) -> list[tuple[str, AuditEvent]]:
-        """The outbox's committed entries (taken out of it in ``tx``)."""
-        rows = tx.execute(_PENDING_SELECT_SQL).fetchall()
+    def _pending_items(tx: RawTx, cut: str) -> list[tuple[str, AuditEvent]]:
+        """The outbox's committed entries stamped before ``cut`` (taken out of it in ``tx``)."""
+        rows = tx.execute(_PENDING_SELECT_SQL, (cut,)).fetchall()
         if rows:
             tx.execute(_PENDING_DELETE_SQL, ([r[0] for r in rows],))
         return [(r[1], AuditEvent(r[2], r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))) for r in rows]
 
     def _journal_items(self, tx: RawTx, files: Sequence[tuple[str, int]], final: bool,
-                       offsets: dict[str, int]) -> list[tuple[str, AuditEvent]]:
+                       offsets: dict[str, int], cut: str | None = None) -> list[tuple[str, AuditEvent]]:
         """The entries of ``files`` not folded yet, read from each file's recorded offset; the
         offsets are moved (in ``tx``, under the chain head's lock). ``final``: to the end, and
-        the file is marked finished (never folded again)."""
+        the file is marked finished (never folded again). ``cut``: stop at the first entry
+        stamped at or after it (left for the next fold)."""
         items: list[tuple[str, AuditEvent]] = []
         for name, fd in files:
             row = tx.one(_MARK_SQL, (name,))
@@ -231,16 +232,21 @@ class AuditLog:
                 continue
             while True:
                 used, lines = read_complete(fd, offset, _FOLD_CHUNK)
+                taken, stopped = 0, False
                 for line in lines:
                     v = decode_line(line)
+                    if v is not None and cut is not None and v[0] >= cut:
+                        stopped = True
+                        break
+                    taken += len(line) + 1
                     if v is None:  # not written by csm: keep the evidence in the chain
                         items.append((datetime.now(UTC).isoformat(timespec="microseconds"), AuditEvent(
                             "csm", "audit.journal", f"audit-journal/{name}", "error", 500,
                             detail={"problem": "unreadable journal line", "offset": offset})))
                     else:
                         items.append((v[0], AuditEvent(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])))
-                offset += used
-                if not final or used == 0:
+                offset += taken
+                if stopped or not final or used == 0:
                     break
             new = -1 if final else offset
             if row is None or new != int(row[0]):
@@ -313,11 +319,18 @@ class AuditLog:
         :meth:`_journal_items`) and, with ``outbox``, those of the outbox; MAC the last one if
         ``mac``. Returns the seqs of ``items``."""
         head = tx.one(_HEAD_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""))
-        # The outbox first: a write visible there was preceded by every entry its worker had
-        # journaled, so those are in the files read next; both sources merge by time.
-        folded = self._pending_items(tx) if outbox else []
+        # With the outbox, both sources are cut at one instant taken first: only entries
+        # stamped before it are folded (the rest wait for the next fold), so a write's entry
+        # and the entries its worker stamped before it are folded together or in that order,
+        # and nothing stamped after a write (which comes after its commit) overtakes it. The
+        # outbox is read first: a write stamped before the cut whose commit came after the
+        # read is still pending and so are its worker's later entries (stamped after it).
+        # A final fold (a dead or retired file) takes its file to the end.
+        cut = datetime.now(UTC).isoformat(timespec="microseconds") if outbox else None
+        folded = self._pending_items(tx, cut) if cut is not None else []
         if journals:
-            folded += self._journal_items(tx, journals, final, {} if offsets is None else offsets)
+            folded += self._journal_items(tx, journals, final, {} if offsets is None else offsets,
+                                          None if final else cut)
             if outbox:
                 folded.sort(key=lambda it: it[0])
         skip = len(folded)
