@@ -230,12 +230,10 @@ class Journal:
             with self._lock:
                 self._files.remove(f)
 
-    def fold_others(self, *, live: bool) -> int:
+    def fold_others(self, *, live: bool) -> None:
         """Fold the journals of other processes in the directory: those whose process is gone
-        (finished and deleted), and with ``live`` also those still being written (up to now).
-        Returns how many files were looked at."""
+        (finished and deleted), and with ``live`` also those still being written (up to now)."""
         own = {f.name for f in self._files}
-        seen = 0
         for path in _journal_files(self.directory):
             if path.name in own:
                 continue
@@ -243,7 +241,6 @@ class Journal:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
-            seen += 1
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -258,7 +255,6 @@ class Journal:
             finally:
                 os.close(fd)
         self._sweep_tmp()
-        return seen
 
     def _sweep_tmp(self) -> None:
         """Delete temporary names left by a process that died between create and rename."""
@@ -316,10 +312,6 @@ class Journal:
         """Folding has failed for longer than ``max_lag``: entries waiting elsewhere (the
         PostgreSQL outbox) must not pile up unsealed either."""
         return self._failures > 0 and time.monotonic() - self._last_ok > self.max_lag
-
-    def backlog(self) -> int:
-        with self._lock:
-            return sum(f.written - f.folded for f in self._files)
 
     def pending_files(self) -> list[tuple[str, int]]:
         """(name, fd) of this process's journals holding entries not known to be folded."""
