@@ -125,7 +125,7 @@ _PENDING_INSERT_SQL = (f"INSERT INTO {AuditPending.__tablename__} ({', '.join(_P
 _PENDING_SELECT_SQL = (f"SELECT id, {', '.join(_PENDING_COLUMNS)} FROM {AuditPending.__tablename__} "
                        "WHERE ts < ? ORDER BY id LIMIT 10000")
 _PENDING_DELETE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ANY(?)"
-_PENDING_ANY_SQL = f"SELECT 1 FROM {AuditPending.__tablename__} LIMIT 1"
+_PENDING_ANY_SQL = f"SELECT 1 FROM {AuditPending.__tablename__} WHERE ts < ? LIMIT 1"
 _FOLD_CHUNK = 4 << 20  # journal bytes folded per transaction (a final fold reads to the end)
 
 
@@ -207,7 +207,10 @@ class AuditLog:
         return offsets
 
     def _outbox_waiting(self) -> bool:
-        return read_one(self._sessions, _PENDING_ANY_SQL) is not None
+        """Whether the outbox holds entries a fold now would take (stamped before now: an entry
+        stamped ahead of this host's clock, by another host's, waits for a later fold)."""
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        return read_one(self._sessions, _PENDING_ANY_SQL, (now,)) is not None
 
     @staticmethod
     def _pending_items(tx: RawTx, cut: str) -> list[tuple[str, AuditEvent]]:
