@@ -150,11 +150,13 @@ def _refuse_audit_inserts(services, on: bool):
         elif on:
             c.execute(text("CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
                            "$$ BEGIN RAISE EXCEPTION 'full'; END $$"))
-            for table in ("audit_log", "audit_pending"):
+            # audit_pending before audit_log: the order a fold locks them in (a fold running
+            # meanwhile waits instead of deadlocking with this DDL)
+            for table in ("audit_pending", "audit_log"):
                 c.execute(text(f"CREATE TRIGGER refuse_audit BEFORE INSERT ON {table} FOR EACH ROW "
                                "EXECUTE FUNCTION refuse_audit()"))
         else:
-            for table in ("audit_log", "audit_pending"):
+            for table in ("audit_pending", "audit_log"):
                 c.execute(text(f"DROP TRIGGER refuse_audit ON {table}"))
             c.execute(text("DROP FUNCTION refuse_audit()"))
 
