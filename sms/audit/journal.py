@@ -25,11 +25,12 @@ folded. Appends are refused (the request gets 503) when the backlog exceeds ``ma
 bytes or nothing could be folded for ``max_lag`` seconds: the journal never becomes an
 unbounded substitute for the chain.
 
-Within a worker the chain keeps the order of the worker's entries: on SQLite a write's own
-entry first folds what the worker journaled before it (same transaction, see
-``AuditLog.attached``); on PostgreSQL writes put their entries in the ``audit_pending`` outbox
-and a fold merges outbox and journal entries by time. Entries of different workers interleave
-in fold order; each carries its own timestamp.
+Entries of writes take the same way in, through the database: a write commits its entry into
+the ``audit_pending`` outbox in its own transaction (atomic with the write), and the fold
+merges outbox and journals by time. Both are cut at one instant taken before either is read, so
+a worker's entries keep their order in the chain (a write's entry is never overtaken by one its
+worker stamped after it). Entries of different workers interleave in fold order; each carries
+its own timestamp.
 """
 from __future__ import annotations
 

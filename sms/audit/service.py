@@ -124,7 +124,8 @@ _PENDING_INSERT_SQL = (f"INSERT INTO {AuditPending.__tablename__} ({', '.join(_P
                        f"VALUES ({', '.join('?' for _ in _PENDING_COLUMNS)})")
 _PENDING_SELECT_SQL = (f"SELECT id, {', '.join(_PENDING_COLUMNS)} FROM {AuditPending.__tablename__} "
                        "WHERE ts < ? ORDER BY id LIMIT 10000")
-_PENDING_DELETE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ANY(?)"
+_PENDING_DELETE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ANY(?)"  # PostgreSQL
+_PENDING_DELETE_ONE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ?"
 _PENDING_ANY_SQL = f"SELECT 1 FROM {AuditPending.__tablename__} WHERE ts < ? LIMIT 1"
 _FOLD_CHUNK = 4 << 20  # journal bytes folded per transaction (a final fold reads to the end)
 
@@ -140,11 +141,11 @@ class AuditLog:
     one MAC per entry.
 
     With ``journal_dir`` (``audit_sync = "journal"``, the default) ``append`` instead writes
-    the entry to this process's journal file and returns at once; the journal is folded into
-    the chain in the background (:mod:`sms.audit.journal`). Entries of writes still commit in
-    the write's transaction (:meth:`attached`); on PostgreSQL, with the journal, they commit
-    into ``audit_pending`` (the *outbox*) and are linked into the chain by the same fold, so
-    writes of all instances no longer queue one by one on the chain head's row lock.
+    the entry to this process's journal file and returns at once, and a write's entry
+    (:meth:`attached`) commits in the write's transaction into ``audit_pending`` (the
+    *outbox*); the same fold links both into the chain and MACs them (:mod:`sms.audit.journal`).
+    A write then neither reads nor moves the chain head nor asks the token for a MAC, and on
+    PostgreSQL the writes of all instances no longer queue one by one on the head's row lock.
     """
 
     def __init__(self, sessions: sessionmaker[Session], keystore: MacKeyStore, mac_key_label: str, *,
@@ -157,7 +158,7 @@ class AuditLog:
         self._group: GroupCommit[tuple[str, AuditEvent], int] = GroupCommit(
             self._commit_batch, max_batch=max(1, batch_max), timeout=wait_timeout,
             gate=lock.hold if lock is not None else None)
-        self._outbox = journal_dir is not None and sessions.kw["bind"].dialect.name == "postgresql"
+        self._outbox = journal_dir is not None
         self.journal: Journal | None = (
             Journal(journal_dir, self._fold, interval=fold_interval,
                     waiting=self._outbox_waiting if self._outbox else None, **journal_options)
@@ -216,8 +217,10 @@ class AuditLog:
     def _pending_items(tx: RawTx, cut: str) -> list[tuple[str, AuditEvent]]:
         """The outbox's committed entries stamped before ``cut`` (taken out of it in ``tx``)."""
         rows = tx.execute(_PENDING_SELECT_SQL, (cut,)).fetchall()
-        if rows:
+        if rows and tx.dialect == "postgresql":
             tx.execute(_PENDING_DELETE_SQL, ([r[0] for r in rows],))
+        elif rows:
+            tx.executemany(_PENDING_DELETE_ONE_SQL, [(r[0],) for r in rows])
         return [(r[1], AuditEvent(r[2], r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))) for r in rows]
 
     def _journal_items(self, tx: RawTx, files: Sequence[tuple[str, int]], final: bool,
@@ -262,10 +265,12 @@ class AuditLog:
         if the entry cannot be added the write rolls back, and a committed write has its entry.
 
         ``event`` is called on the writing thread when the write is handed in; a write result
-        with an ``audit_detail()`` method adds that to the entry's detail. The entry is linked
-        into the chain inside the write's transaction; the transaction's last entry is MAC'd just
-        before its COMMIT (once per transaction, so a batch of writes costs one MAC, as appends
-        do). The committed entry is left in ``record``."""
+        with an ``audit_detail()`` method adds that to the entry's detail. With the journal the
+        entry goes into the outbox (linked and MAC'd by the next fold; refused once folding has
+        failed for ``max_lag``); without it, it is linked into the chain inside the write's
+        transaction and the transaction's last entry is MAC'd just before its COMMIT (once per
+        transaction, so a batch of writes costs one MAC, as appends do). The committed entry is
+        left in ``record``."""
 
         outbox = self._outbox
 
@@ -275,7 +280,7 @@ class AuditLog:
             def add(tx: RawTx, result: Any) -> None:
                 described = getattr(result, "audit_detail", None)
                 entry = replace(ev, detail={**(ev.detail or {}), **described()}) if described is not None else ev
-                if outbox:  # PostgreSQL: into the outbox, linked by the next fold
+                if outbox:  # into the outbox, linked into the chain (and MAC'd) by the next fold
                     if self.journal is not None and self.journal.stalled():
                         raise AuditUnwritable("the audit log cannot be written; request refused")
                     try:
@@ -284,11 +289,8 @@ class AuditLog:
                         raise AuditUnwritable("the audit log cannot be written; request refused") from exc
                     work.record = entry
                     return
-                # What this process journaled before the write goes first: its chain order
-                # stays the order of its requests.
-                pending = self.journal.pending_files() if self.journal is not None else ()
                 try:
-                    self._append_rows(tx, ((ts, entry),), mac=False, journals=pending)
+                    self._append_rows(tx, ((ts, entry),), mac=False)
                 except Exception as exc:
                     raise AuditUnwritable("the audit log cannot be written; request refused") from exc
                 work.record = entry

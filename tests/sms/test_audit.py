@@ -142,11 +142,12 @@ def test_a_tail_cut_inside_a_batch_is_detected(services):
 
 
 def _refuse_audit_inserts(services, on: bool):
-    """Make every insert into the audit log (and PostgreSQL's audit outbox) fail, or stop that."""
+    """Make every insert into the audit log and its outbox fail, or stop that."""
     with services.engine.begin() as c:
         if services.engine.dialect.name == "sqlite":
-            c.execute(text("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'full'); END"
-                           if on else "DROP TRIGGER refuse_audit"))
+            for table in ("audit_pending", "audit_log"):
+                c.execute(text(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
+                               "BEGIN SELECT RAISE(ABORT, 'full'); END" if on else f"DROP TRIGGER refuse_{table}"))
         elif on:
             c.execute(text("CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
                            "$$ BEGIN RAISE EXCEPTION 'full'; END $$"))

@@ -115,18 +115,19 @@ def test_ir_and_certconf_take_one_write_each(env: CmpEnv, monkeypatch: pytest.Mo
     assert txn.state.value == "finished"
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_an_audit_entry_that_cannot_be_added_leaves_no_certificate_and_no_transaction(
         env: CmpEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     assert env.client.post("/.well-known/cmp", data=_ir(env, "warm.example.com"), headers=CT).status_code == 200
     issued, txns = _issued(env), env.cmp.transactions.count()
 
-    def broken(*a: Any, **kw: Any) -> Any:
-        raise RuntimeError("audit storage broken")
+    from tests.sms.test_audit import _refuse_audit_inserts
 
-    monkeypatch.setattr(env.svc.audit, "_append_rows", broken)
-    r = env.client.post("/.well-known/cmp", data=_ir(env, "lost.example.com"), headers=CT)
-    monkeypatch.undo()
+    _refuse_audit_inserts(env.svc, True)  # the audit log and its outbox refuse every insert
+    try:
+        r = env.client.post("/.well-known/cmp", data=_ir(env, "lost.example.com"), headers=CT)
+    finally:
+        _refuse_audit_inserts(env.svc, False)
     # refused: the write rolled back and the answer says "try later" (systemUnavail); a 503 if
     # the answer's own entry cannot be appended either (audit_sync=commit appends to the chain)
     assert r.status_code == 503 or FailureInfo.SYSTEM_UNAVAIL in _error(r.data)
