@@ -4,8 +4,8 @@ a real HTTP server (werkzeug, threaded) on 127.0.0.1."""
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,18 @@ def served(app: Any) -> Iterator[str]:
         yield f"127.0.0.1:{s.port}"
     finally:
         s.stop()
+
+
+CT = {"Content-Type": "application/pkixcmp"}
+
+
+@pytest.fixture
+def env(services: Services, tmp_path: Path) -> CmpEnv:
+    """The ``services`` of the test's backend with root + issuing CA and the default CMP profile
+    ``test`` (in process; a module may override it)."""
+    e = build_env(services, tmp_path)
+    e.profile("test", default=True)
+    return e
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,19 +15,9 @@ from client_sdk import cmp
 from client_sdk.cmp import FailureInfo, builders
 from sms import db
 from sms.cmp.store import SqlTransactionStore
-from sms.runtime import Services
 from tests.client_sdk.cmptools import ec_key, name
 
-from .conftest import REF, SECRET, CmpEnv, build_env
-
-CT = {"Content-Type": "application/pkixcmp"}
-
-
-@pytest.fixture
-def env(services: Services, tmp_path: Path) -> CmpEnv:
-    e = build_env(services, tmp_path)
-    e.profile("test", default=True)
-    return e
+from .conftest import CT, REF, SECRET, CmpEnv
 
 
 def _ir(env: CmpEnv, subject: str, *, implicit: bool = True) -> bytes:

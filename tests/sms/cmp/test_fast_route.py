@@ -2,7 +2,6 @@
 audit entry; it declines everything else to Flask before anything happened."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,19 +10,9 @@ from werkzeug.test import Client
 from client_sdk import cmp
 from client_sdk.cmp import builders
 from sms.fastpath import FastPath
-from sms.runtime import Services
 from tests.client_sdk.cmptools import ec_key, name
 
-from .conftest import REF, SECRET, CmpEnv, build_env
-
-CT = {"Content-Type": "application/pkixcmp"}
-
-
-@pytest.fixture
-def env(services: Services, tmp_path: Path) -> CmpEnv:
-    e = build_env(services, tmp_path)
-    e.profile("test", default=True)
-    return e
+from .conftest import CT, REF, SECRET, CmpEnv
 
 
 def _fast(app: Any) -> FastPath:

@@ -11,16 +11,7 @@ from client_sdk import cmp
 from client_sdk.cmp import FailureInfo
 from sms.runtime import Services
 
-from .conftest import REF, SECRET, CmpEnv, build_env
-
-CT = {"Content-Type": "application/pkixcmp"}
-
-
-@pytest.fixture
-def env(services: Services, tmp_path: Path) -> CmpEnv:
-    e = build_env(services, tmp_path)
-    e.profile("test", default=True)
-    return e
+from .conftest import CT, REF, SECRET, CmpEnv, build_env
 
 
 @pytest.fixture
