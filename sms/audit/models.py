@@ -7,10 +7,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..db import Base
 
 
-class AuditRow(Base):
-    __tablename__ = "audit_log"
+class _Entry:
+    """The columns of an audit entry (who, what, when, outcome), in the chain or its outbox."""
 
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(256))
     action: Mapped[str] = mapped_column(String(64))
@@ -20,6 +19,12 @@ class AuditRow(Base):
     request_id: Mapped[str] = mapped_column(String(64))
     remote: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class AuditRow(_Entry, Base):
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
     mac: Mapped[bytes] = mapped_column(LargeBinary)
@@ -47,23 +52,15 @@ class AuditJournalMark(Base):
     updated: Mapped[int] = mapped_column(BigInteger)
 
 
-class AuditPending(Base):
-    """PostgreSQL with the journal: entries of committed writes waiting to be linked into the
-    chain (migration 0006). A write inserts its entry here in its own transaction — atomic with
-    the write, without queueing on the chain head's row lock — and the fold links and deletes it."""
+class AuditPending(_Entry, Base):
+    """The outbox (with the audit journal): entries of committed writes waiting to be linked
+    into the chain (migration 0006). A write inserts its entry here in its own transaction —
+    atomic with the write, without touching the chain head or the token — and the fold links,
+    MACs and deletes it."""
 
     __tablename__ = "audit_pending"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    ts: Mapped[str] = mapped_column(String(32))
-    actor: Mapped[str] = mapped_column(String(256))
-    action: Mapped[str] = mapped_column(String(64))
-    resource: Mapped[str] = mapped_column(String(1024))
-    outcome: Mapped[str] = mapped_column(String(32))
-    status: Mapped[int] = mapped_column(Integer)
-    request_id: Mapped[str] = mapped_column(String(64))
-    remote: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[str] = mapped_column(Text)
 
 
 class MetaRow(Base):
