@@ -309,8 +309,8 @@ def raw_transaction(factory: sessionmaker[Session] | Engine, *, write: bool = Tr
 
 def read_one(factory: sessionmaker[Session] | Engine, sql: str, params: Sequence[Any] = ()) -> Any:
     """The first row (or None) of one SELECT, without an explicit transaction: a single
-    statement is atomic by itself (SQLite runs it in autocommit; on PostgreSQL the pool's
-    reset-on-return ends the implicit transaction). Saves BEGIN/COMMIT on hot reads.
+    statement is atomic by itself (SQLite and the kept PostgreSQL connection run it in
+    autocommit). Saves BEGIN/COMMIT on hot reads.
 
     Each thread keeps one pooled connection for these reads (no pool checkout, reset and, on
     PostgreSQL, pre-ping round trip per read; PostgreSQL's is in autocommit mode, so no
