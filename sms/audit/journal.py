@@ -27,10 +27,12 @@ unbounded substitute for the chain.
 
 Entries of writes take the same way in, through the database: a write commits its entry into
 the ``audit_pending`` outbox in its own transaction (atomic with the write), and the fold
-merges outbox and journals by time. Both are cut at one instant taken before either is read, so
-a worker's entries keep their order in the chain (a write's entry is never overtaken by one its
-worker stamped after it). Entries of different workers interleave in fold order; each carries
-its own timestamp.
+merges outbox and journals by time. Both are cut at one instant taken before either is read and
+a process's folds read its own journals with the outbox, so within the folding process a
+write's entry is linked neither ahead of what the process journaled before it nor behind what
+it stamped after it. Another worker's fold may take a write from the outbox before that
+worker's journal lines: across processes entries interleave in fold order; each carries its
+own timestamp.
 """
 from __future__ import annotations
 
@@ -105,8 +107,10 @@ def read_complete(fd: int, offset: int, limit: int) -> tuple[int, list[bytes]]:
     return end + 1, data[:end].split(b"\n")
 
 
-# Folds the given files into the chain; returns, per file, the offset now folded (-1: finished).
-FoldFn = Callable[[list[tuple[str, int]], bool], dict[str, int]]
+# Folds the given files (or those a callable gives once the fold's cut is taken) into the
+# chain; returns, per file, the offset now folded (-1: finished).
+Files = list[tuple[str, int]] | Callable[[], list[tuple[str, int]]]
+FoldFn = Callable[[Files, bool], dict[str, int]]
 
 
 class Journal:
@@ -129,8 +133,16 @@ class Journal:
         self.orphan_every = orphan_every
         self._reset()
         me = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _call(me, Journal._reset))
+        os.register_at_fork(after_in_child=lambda: _call(me, Journal._after_fork))
         atexit.register(_call, me, Journal.close)
+
+    def _after_fork(self) -> None:
+        """In a forked child (a server worker forked from a parent that loaded the app): fresh
+        state, and a fold thread of its own if the parent had one running."""
+        running = self._thread is not None and not self._stopped
+        self._reset()
+        if running:
+            self.start()
 
     def _reset(self) -> None:
         """Fresh state (at start and in a forked child: the parent's files, locks and thread are
@@ -183,9 +195,11 @@ class Journal:
         return JournalFile(name, path, fd)
 
     def start(self) -> None:
-        """Start the fold thread (it starts by itself at this process's first append)."""
-        with self._lock:
-            self._start_thread()
+        """Start the fold thread if it is not running (it starts by itself at this process's
+        first append, and at a write's outbox entry)."""
+        if self._thread is None:
+            with self._lock:
+                self._start_thread()
 
     def _start_thread(self) -> None:
         if self._thread is None and self.interval > 0:
@@ -198,22 +212,27 @@ class Journal:
     def fold_own(self) -> None:
         """Fold this process's journals up to what they hold now; rotate a large one."""
         with self._fold_lock:
-            with self._lock:
-                files = [f for f in self._files if f.pending()]
-            for f in files:
-                while True:
-                    offsets = self._fold([(f.name, f.fd)], False)
-                    got = offsets.get(f.name, f.folded)
-                    if got < 0 or got <= f.folded:
-                        f.folded = max(f.folded, got if got >= 0 else f.written)
-                        break
-                    f.folded = got
-                    if f.folded >= f.written:
-                        break
-            for _ in range(100):  # bounded: 10 000 entries a round
-                if self._waiting is None or not self._waiting():
+            for _ in range(100):  # bounded: about 400 MiB of journal or 1 000 000 outbox entries a round
+                with self._lock:
+                    files = list(self._files)
+                outbox = self._waiting is not None and self._waiting()
+                if not outbox and not any(f.pending() for f in files):
                     break
-                self._fold([], False)
+                # Every fold takes all of this process's journals with the outbox, listed after
+                # the fold's cut (a journal opened meanwhile is included): a write's entry is
+                # never folded ahead of what its process journaled before it.
+                offsets = self._fold(self._own_files, False)
+                with self._lock:
+                    files = list(self._files)
+                progressed = False
+                for f in files:
+                    got = offsets.get(f.name, f.folded)
+                    if got < 0:
+                        f.folded = f.written
+                    elif got > f.folded:
+                        f.folded, progressed = got, True
+                if not progressed and not outbox:
+                    break  # what is left was stamped after the fold's cut: next round
             self._last_ok = time.monotonic()
             self._failures = 0
             self._retire()
@@ -313,6 +332,10 @@ class Journal:
         """Folding has failed for longer than ``max_lag``: entries waiting elsewhere (the
         PostgreSQL outbox) must not pile up unsealed either."""
         return self._failures > 0 and time.monotonic() - self._last_ok > self.max_lag
+
+    def _own_files(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(f.name, f.fd) for f in self._files]
 
     def pending_files(self) -> list[tuple[str, int]]:
         """(name, fd) of this process's journals holding entries not known to be folded."""

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..db import Attached, RawTx, read_one, transaction, write_lock, writer
 from ..errors import ServiceUnavailable
 from ..groupcommit import GroupCommit
-from .journal import Journal, decode_line, encode_line, read_complete
+from .journal import Files, Journal, decode_line, encode_line, read_complete
 from .models import AuditHead, AuditJournalMark, AuditPending, AuditRow
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class AuditLog:
         if self.journal is not None:
             self.journal.fold_all()
 
-    def _fold(self, files: list[tuple[str, int]], final: bool) -> dict[str, int]:
+    def _fold(self, files: Files, final: bool) -> dict[str, int]:
         """Fold journal files into the chain in one transaction (see :meth:`_append_rows`)."""
         offsets: dict[str, int] = {}
         with writer(self._sessions).transaction() as tx:
@@ -281,8 +281,10 @@ class AuditLog:
                 described = getattr(result, "audit_detail", None)
                 entry = replace(ev, detail={**(ev.detail or {}), **described()}) if described is not None else ev
                 if outbox:  # into the outbox, linked into the chain (and MAC'd) by the next fold
-                    if self.journal is not None and self.journal.stalled():
-                        raise AuditUnwritable("the audit log cannot be written; request refused")
+                    if self.journal is not None:
+                        if self.journal.stalled():
+                            raise AuditUnwritable("the audit log cannot be written; request refused")
+                        self.journal.start()  # someone must fold the outbox
                     try:
                         tx.execute(_PENDING_INSERT_SQL, (ts, *_bounded(entry)))
                     except Exception as exc:
@@ -318,7 +320,7 @@ class AuditLog:
             return self._append_rows(tx, items)
 
     def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True,
-                     journals: Sequence[tuple[str, int]] = (), final: bool = False,
+                     journals: Files | Sequence[tuple[str, int]] = (), final: bool = False,
                      offsets: dict[str, int] | None = None, outbox: bool = False) -> list[int]:
         """Link ``items`` into the chain after the entries of ``journals`` not folded yet (see
         :meth:`_journal_items`) and, with ``outbox``, those of the outbox; MAC the last one if
@@ -333,6 +335,8 @@ class AuditLog:
         # A final fold (a dead or retired file) takes its file to the end.
         cut = datetime.now(UTC).isoformat(timespec="microseconds") if outbox else None
         folded = self._pending_items(tx, cut) if cut is not None else []
+        if callable(journals):  # listed now, after the cut: a journal opened meanwhile is read too
+            journals = journals()
         if journals:
             folded += self._journal_items(tx, journals, final, {} if offsets is None else offsets,
                                           None if final else cut)

@@ -311,8 +311,8 @@ def test_postgres_writes_are_refused_once_the_fold_has_failed_for_too_long(make_
 
 
 def test_concurrent_reads_and_writes_while_folding_record_every_request_exactly_once(make_services, backend):
-    """8 threads mixing journaled reads and writes (whose transactions fold the journal on
-    SQLite, or fill the outbox on PostgreSQL) while the fold thread runs every 20 ms."""
+    """8 threads of one process mixing journaled reads and writes (outbox) while the fold thread
+    runs every 20 ms."""
     import threading
 
     from sms.app import create_app
@@ -354,3 +354,25 @@ def test_concurrent_reads_and_writes_while_folding_record_every_request_exactly_
         mine = [i for i in ids if i.startswith(f"mix-{t}-")]
         assert mine == [f"mix-{t}-{i}" for i in range(15)], mine
     assert services.audit.verify().ok
+
+
+def test_a_served_worker_folds_the_outbox_of_writes_without_any_read(tmp_path):
+    """Writes only (their entries go to the outbox, not the journal): the workers' fold threads
+    run from the start and link them within the fold interval, with no read or verify."""
+    import sqlite3
+
+    from tests.sms.served import Served
+
+    data = tmp_path / "csm-data"
+    with Served(data, workers=2) as srv:
+        for n in range(6):
+            assert srv.post("/v1/domains", json={"name": f"w{n}"}, headers={"X-Request-ID": f"wo-{n}"}
+                            ).status_code == 201
+
+        def linked() -> list[str]:
+            with sqlite3.connect(data / "csm.db") as c:
+                return [r[0] for r in c.execute("SELECT request_id FROM audit_log WHERE request_id LIKE 'wo-%'")]
+
+        assert _wait_for(lambda: len(linked()) == 6, 5), linked()
+        with sqlite3.connect(data / "csm.db") as c:
+            assert c.execute("SELECT COUNT(*) FROM audit_pending").fetchone()[0] == 0
