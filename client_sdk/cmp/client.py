@@ -12,17 +12,29 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from http.client import RemoteDisconnected
 from typing import Protocol
 
 import requests
-from urllib3.exceptions import HTTPError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+from urllib3.exceptions import HTTPError, ProtocolError
 
 from . import builders
 from .algorithms import DEFAULT_PBM_ITERATIONS, PBMParameters
-from .enums import BodyType, FailureInfo, HashAlgorithm, InfoType, MacAlgorithm, PKIStatus, RevocationReason
+from .enums import (
+    BodyType,
+    FailureInfo,
+    HashAlgorithm,
+    InfoType,
+    MacAlgorithm,
+    PKIStatus,
+    RevocationReason,
+)
 from .errors import (
     BadDataFormat,
     BadMessageCheck,
@@ -94,14 +106,25 @@ class HttpTransport:
     def send(self, request: bytes) -> bytes:
         """POST ``request``; the response body is read up to ``max_response_size`` (streamed, so a
         huge answer is never buffered). A body read to its end returns the connection to the
-        session's pool (keep-alive); one left unread (too large) has its connection closed."""
-        try:
-            resp = self._session.post(self.url, data=request, timeout=self.timeout, stream=True,
-                                      headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE})
-        except requests.exceptions.SSLError as exc:
-            raise TransportError(f"TLS handshake with {self.url} failed: {type(exc).__name__}") from None
-        except requests.RequestException as exc:
-            raise TransportError(f"cannot reach {self.url}: {type(exc).__name__}") from None
+        session's pool (keep-alive); one left unread (too large) has its connection closed.
+
+        A kept-alive connection the server closed meanwhile (it answered nothing on it: the
+        connection was reset or ended before any response) is replaced once and the message
+        sent again; should a server have processed it after all, CMP refuses the repeated
+        transactionID rather than acting twice."""
+        for attempt in (1, 2):
+            try:
+                resp = self._session.post(self.url, data=request, timeout=self.timeout, stream=True,
+                                          headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE})
+                break
+            except requests.exceptions.SSLError as exc:
+                raise TransportError(f"TLS handshake with {self.url} failed: {type(exc).__name__}") from None
+            except requests.exceptions.ConnectionError as exc:
+                if attempt == 1 and _closed_by_peer(exc):
+                    continue
+                raise TransportError(f"cannot reach {self.url}: {type(exc).__name__}") from None
+            except requests.RequestException as exc:
+                raise TransportError(f"cannot reach {self.url}: {type(exc).__name__}") from None
         try:
             try:  # read (bounded) even an error page, so that its connection can be reused
                 body = resp.raw.read(self.max_response_size + 1, decode_content=True)
@@ -120,6 +143,15 @@ class HttpTransport:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _closed_by_peer(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether the request failed because the server had closed the (kept-alive) connection:
+    urllib3's "Connection aborted" with the peer's reset or end of stream, no response read."""
+    cause = exc.args[0] if exc.args else None
+    if not isinstance(cause, ProtocolError) or len(cause.args) < 2:
+        return False
+    return isinstance(cause.args[1], (RemoteDisconnected, ConnectionResetError, BrokenPipeError))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from client_sdk.cmp.errors import TransportError
 from client_sdk.cmp.client import HttpTransport
+from client_sdk.cmp.errors import TransportError
 
 
 @dataclass
@@ -91,3 +91,41 @@ def test_an_oversized_response_closes_its_connection_at_once(server: Counting) -
         del caught
     assert len(server.opened) == 3
     t.close()
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> None:
+    """Like openssl's mock server: the answer says nothing of closing, but the server drops the
+    connection soon after; the next message, already sent on it, is reset. The transport sends
+    it again once on a new connection (it was never answered)."""
+    served: list[int] = []
+
+    class Dropping(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            served.append(1)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/pkixcmp")
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"\x30\x01\x00")
+            self.wfile.flush()
+            time.sleep(0.3)  # the client has sent its next message on this connection by now
+            self.close_connection = True  # dropped unread: the peer sees a reset
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dropping)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        t = HttpTransport(f"http://127.0.0.1:{srv.server_address[1]}/.well-known/cmp")
+        for _ in range(3):
+            assert t.send(b"req") == b"\x30\x01\x00"
+        assert len(served) == 3  # each message answered once
+        t.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
