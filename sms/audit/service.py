@@ -158,10 +158,8 @@ class AuditLog:
         self._group: GroupCommit[tuple[str, AuditEvent], int] = GroupCommit(
             self._commit_batch, max_batch=max(1, batch_max), timeout=wait_timeout,
             gate=lock.hold if lock is not None else None)
-        self._outbox = journal_dir is not None
         self.journal: Journal | None = (
-            Journal(journal_dir, self._fold, interval=fold_interval,
-                    waiting=self._outbox_waiting if self._outbox else None, **journal_options)
+            Journal(journal_dir, self._fold, interval=fold_interval, waiting=self._outbox_waiting, **journal_options)
             if journal_dir is not None else None)
 
     @property
@@ -199,10 +197,29 @@ class AuditLog:
             self.journal.fold_all()
 
     def _fold(self, files: Files, final: bool) -> dict[str, int]:
-        """Fold journal files into the chain in one transaction (see :meth:`_append_rows`)."""
+        """Link the outbox and the entries of ``files`` not folded yet into the chain, in one
+        transaction that holds the chain head's lock first (so folds of several processes
+        take turns and each reads the offsets the previous one left). Returns each file's new
+        offset (-1: finished).
+
+        Both sources are cut at one instant taken first: only entries stamped before it are
+        folded (the rest wait for the next fold), so a write's entry and the entries its
+        process stamped before it are folded together or in that order, and nothing stamped
+        after a write (which comes after its commit) overtakes it. The outbox is read first: a
+        write stamped before the cut whose commit came after the read is still pending, and so
+        are its process's later entries (stamped after it). ``files`` may be a callable, listed
+        after the cut (a journal opened meanwhile is read too). A ``final`` fold (a dead or
+        retired file) takes its files to the end."""
         offsets: dict[str, int] = {}
         with writer(self._sessions).transaction() as tx:
-            self._append_rows(tx, (), journals=files, final=final, offsets=offsets, outbox=self._outbox)
+            head = self._lock_head(tx)
+            cut = datetime.now(UTC).isoformat(timespec="microseconds")
+            items = self._pending_items(tx, cut)
+            items += self._journal_items(tx, files() if callable(files) else files, final, offsets,
+                                         None if final else cut)
+            if items:
+                items.sort(key=lambda it: it[0])
+                self._append_rows(tx, items, head=head)
             if final:
                 tx.execute(_FORGET_MARKS_SQL, (int(time.time()) - 86400,))
         return offsets
@@ -272,7 +289,7 @@ class AuditLog:
         transaction, so a batch of writes costs one MAC, as appends do). The committed entry is
         left in ``record``."""
 
-        outbox = self._outbox
+        outbox = self.journal is not None
 
         def prepare() -> Callable[[RawTx, Any], None]:
             ts, ev = datetime.now(UTC).isoformat(timespec="microseconds"), event()
@@ -319,39 +336,21 @@ class AuditLog:
         with writer(self._sessions).transaction() as tx:
             return self._append_rows(tx, items)
 
-    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True,
-                     journals: Files | Sequence[tuple[str, int]] = (), final: bool = False,
-                     offsets: dict[str, int] | None = None, outbox: bool = False) -> list[int]:
-        """Link ``items`` into the chain after the entries of ``journals`` not folded yet (see
-        :meth:`_journal_items`) and, with ``outbox``, those of the outbox; MAC the last one if
-        ``mac``. Returns the seqs of ``items``."""
+    @staticmethod
+    def _lock_head(tx: RawTx) -> tuple[int, str]:
+        """The chain head (seq, hash), locked for this transaction (FOR UPDATE on PostgreSQL;
+        on SQLite the writing transaction holds the database write lock)."""
         head = tx.one(_HEAD_SQL + (" FOR UPDATE" if tx.dialect == "postgresql" else ""))
-        # With the outbox, both sources are cut at one instant taken first: only entries
-        # stamped before it are folded (the rest wait for the next fold), so a write's entry
-        # and the entries its worker stamped before it are folded together or in that order,
-        # and nothing stamped after a write (which comes after its commit) overtakes it. The
-        # outbox is read first: a write stamped before the cut whose commit came after the
-        # read is still pending and so are its worker's later entries (stamped after it).
-        # A final fold (a dead or retired file) takes its file to the end.
-        cut = datetime.now(UTC).isoformat(timespec="microseconds") if outbox else None
-        folded = self._pending_items(tx, cut) if cut is not None else []
-        if callable(journals):  # listed now, after the cut: a journal opened meanwhile is read too
-            journals = journals()
-        if journals:
-            folded += self._journal_items(tx, journals, final, {} if offsets is None else offsets,
-                                          None if final else cut)
-            if outbox:
-                folded.sort(key=lambda it: it[0])
-        skip = len(folded)
-        if folded:
-            items = [*folded, *items]
-        if not items:
-            return []
         if head is None:  # pragma: no cover - created by the migration
             tx.execute(_GENESIS_SQL, (GENESIS,))
-            seq, prev = 0, GENESIS
-        else:
-            seq, prev = int(head[0]), str(head[1])
+            return 0, GENESIS
+        return int(head[0]), str(head[1])
+
+    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True,
+                     head: tuple[int, str] | None = None) -> list[int]:
+        """Link ``items`` into the chain (after ``head`` if already locked); MAC the last one
+        if ``mac``. Returns their seqs."""
+        seq, prev = head if head is not None else self._lock_head(tx)
         rows: list[list[Any]] = []
         for ts, ev in items:
             seq += 1
@@ -362,8 +361,7 @@ class AuditLog:
             rows[-1][12] = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(prev))
         tx.executemany(_INSERT_SQL, rows)
         tx.execute(_MOVE_HEAD_SQL, (seq, prev))
-        first = seq - len(rows) + 1 + skip
-        return list(range(first, seq + 1))
+        return list(range(seq - len(rows) + 1, seq + 1))
 
     def entries(self, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         self._flush_quietly()
