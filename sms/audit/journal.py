@@ -125,7 +125,7 @@ class Journal:
                  waiting: Callable[[], bool] | None = None) -> None:
         self.directory = directory
         self._fold = fold
-        self._waiting = waiting  # entries waiting elsewhere (the PostgreSQL outbox): fold them too
+        self._waiting = waiting  # entries waiting elsewhere (the writes' outbox): fold them too
         self.interval = interval
         self.rotate_bytes = rotate_bytes
         self.max_backlog = max_backlog
@@ -315,9 +315,12 @@ class Journal:
         disk for the next process to find."""
         self._stopped = True
         self._wake.set()
-        if not self._files:
-            return
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=30)  # a fold under way finishes before the caller closes the database
         try:
+            if not self._files and not (self._waiting is not None and self._waiting()):
+                return
             self.fold_own()
             with self._lock:
                 files, self._files = self._files, []
@@ -330,7 +333,7 @@ class Journal:
 
     def stalled(self) -> bool:
         """Folding has failed for longer than ``max_lag``: entries waiting elsewhere (the
-        PostgreSQL outbox) must not pile up unsealed either."""
+        writes' outbox) must not pile up unsealed either."""
         return self._failures > 0 and time.monotonic() - self._last_ok > self.max_lag
 
     def _own_files(self) -> list[tuple[str, int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -376,3 +377,32 @@ def test_a_served_worker_folds_the_outbox_of_writes_without_any_read(tmp_path):
         assert _wait_for(lambda: len(linked()) == 6, 5), linked()
         with sqlite3.connect(data / "csm.db") as c:
             assert c.execute("SELECT COUNT(*) FROM audit_pending").fetchone()[0] == 0
+
+
+def test_close_waits_for_a_fold_under_way_then_folds_what_is_left(client, root_headers, services):
+    """Closing (worker exit, or a test dropping its database) must not leave a fold running
+    against the database: the PostgreSQL suite once deadlocked dropping a schema under one."""
+    j = services.audit.journal
+    inner = j._fold
+    in_fold, release = threading.Event(), threading.Event()
+
+    def slow_fold(files, final):
+        in_fold.set()
+        release.wait(10)
+        return inner(files, final)
+
+    j._fold = slow_fold
+    # a write only: its entry goes to the outbox, no journal file is opened
+    assert client.post("/v1/domains", json={"name": "cl"}, headers={**root_headers, "X-Request-ID": "cl-1"}).status_code == 201
+    assert not list(_journal_dir(services).glob("*.journal"))
+    assert in_fold.wait(10)  # the fold thread is inside a fold
+    closer = threading.Thread(target=services.audit.close)
+    closer.start()
+    time.sleep(0.3)
+    assert closer.is_alive()  # close waits for it
+    release.set()
+    closer.join(15)
+    assert not closer.is_alive() and not j._thread.is_alive()
+    assert _request_ids(services).count("cl-1") == 1
+    with services.engine.connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM audit_pending")).scalar_one() == 0
