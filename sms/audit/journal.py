@@ -3,7 +3,7 @@
 A request whose audit entry does not ride in a write's own transaction (a read, a refusal, an
 error) would otherwise wait for a group commit of the chain — the write lock, a token MAC and
 an fsync — before it may be answered. With the journal its entry is instead appended to the
-worker's journal file (one ``write(2)`` of one JSON line, ``O_APPEND``) before the answer goes
+worker's journal file (one ``write(2)`` of one line, ``O_APPEND``) before the answer goes
 out, and a background thread of the worker folds the journal into the chain every
 ``fold_interval`` seconds: hash-linked, MAC'd in the token and committed like any other batch,
 in one transaction that also records how far the journal has been folded
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -49,37 +48,14 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".journal"
 _TMP_PREFIX = "."
 
-# One JSON array per line: ts, actor, action, resource, outcome, status, request_id, remote, detail.
-_LINE_JSON = json.JSONEncoder(separators=(",", ":")).encode
-
-
 class JournalRefused(Exception):
     """The entry was not journaled (backlog full, folding stalled, or the file is unwritable)."""
-
-
-def encode_line(ts: str, actor: str, action: str, resource: str, outcome: str, status: int, request_id: str,
-                remote: str, detail: dict[str, Any] | None) -> bytes:
-    return (_LINE_JSON([ts, actor, action, resource, outcome, status, request_id, remote, detail or {}])
-            + "\n").encode()
-
-
-def decode_line(line: bytes) -> list[Any] | None:
-    """The fields of a journal line, or None if it is not one (damaged file)."""
-    try:
-        v = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if (isinstance(v, list) and len(v) == 9 and all(isinstance(x, str) for x in v[:5] + v[6:8])
-            and type(v[5]) is int and isinstance(v[8], dict)):
-        return v
-    return None
 
 
 @dataclass

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..db import Attached, RawTx, read_one, transaction, write_lock, writer
 from ..errors import ServiceUnavailable
 from ..groupcommit import GroupCommit
-from .journal import Files, Journal, decode_line, encode_line, read_complete
+from .journal import Files, Journal, read_complete
 from .models import AuditHead, AuditJournalMark, AuditPending, AuditRow
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,10 @@ class MacKeyStore(Protocol):
 
 
 def _bounded(ev: AuditEvent) -> tuple[Any, ...]:
-    """An entry's columns as stored (lengths bounded by the table)."""
+    """An entry's columns as stored (lengths bounded by the table; the detail as JSON text in
+    its canonical form, the form it takes in the entry's hash)."""
     return (ev.actor[:256], ev.action[:64], ev.resource[:1024], ev.outcome, ev.status, ev.request_id[:64],
-            ev.remote[:64], _DETAIL_JSON(ev.detail or {}))
+            ev.remote[:64], _CANONICAL_JSON(ev.detail or {}))
 
 
 def _nothing(tx: RawTx) -> None:
@@ -99,7 +100,67 @@ def _canonical(seq: int, ts: str, ev: AuditEvent, prev: str) -> bytes:
 
 # Made once (json.dumps builds an encoder per call when given options); the same output.
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_DETAIL_JSON = json.JSONEncoder(sort_keys=True).encode
+_STR = json.encoder.encode_basestring  # a string as _CANONICAL_JSON writes it (ensure_ascii=False)
+
+# An entry ready to be linked: its timestamp, its columns as stored (_bounded), and its
+# canonical form in three pieces around the two values only linking knows (prev and seq):
+# canonical = head + prev + mid + seq + tail. Linking one is then a concatenation and a hash.
+Item = tuple[str, tuple[Any, ...], bytes, bytes, bytes]
+
+
+def _item(ts: str, ev: AuditEvent) -> Item:
+    """``ev`` ready to link: the bytes of :func:`_canonical` (keys in sorted order: action actor
+    detail outcome prev remote request_id resource seq status ts) over the values as stored."""
+    cols = _bounded(ev)
+    return (ts, cols, *_pieces(ts, cols)[:3])
+
+
+def _pieces(ts: str, cols: tuple[Any, ...]) -> tuple[bytes, bytes, bytes, bytes]:
+    """The canonical form's three pieces, and the columns (ts first) as a JSON array."""
+    actor, action, resource, outcome, status, request_id, remote, detail = cols
+    a, r, o = _STR(actor), _STR(resource), _STR(outcome)
+    c, q, m, t = _STR(action), _STR(request_id), _STR(remote), _STR(ts)
+    s = status if type(status) is int else _CANONICAL_JSON(status)
+    return (f'{{"action":{c},"actor":{a},"detail":{detail},"outcome":{o},"prev":"'.encode(),
+            f'","remote":{m},"request_id":{q},"resource":{r},"seq":'.encode(),
+            f',"status":{s},"ts":{t}}}'.encode(),
+            f'[{t},{a},{c},{r},{o},{s},{q},{m},{_STR(detail)}]'.encode())
+
+
+def _journal_line(ts: str, ev: AuditEvent) -> bytes:
+    """A journal line: the columns as a JSON array (ts first), then the three canonical pieces,
+    tab-separated (JSON text holds no raw tab or newline): a fold parses the array and hashes."""
+    head, mid, tail, cols = _pieces(ts, _bounded(ev))
+    return b"\t".join((cols, head, mid, tail)) + b"\n"
+
+
+def _line_item(line: bytes) -> Item | None:
+    """The entry of a journal line, or None if it is not one (a damaged file). Lines of the
+    earlier format (a JSON array only, the detail an object) are read too. The columns are
+    bounded again; a line whose columns do not match its pieces is linked as it is and fails
+    verification, which is what a tampered journal should do."""
+    parts = line.split(b"\t")
+    n = len(parts)
+    if n != 4 and n != 1:
+        return None
+    try:
+        v = json.loads(parts[0])
+    except (ValueError, RecursionError):
+        return None
+    if type(v) is not list or len(v) != 9:
+        return None
+    ts, actor, action, resource, outcome, status, request_id, remote, detail = v
+    if not (type(ts) is str and type(actor) is str and type(action) is str and type(resource) is str
+            and type(outcome) is str and type(status) is int and type(request_id) is str and type(remote) is str):
+        return None
+    if n == 1:  # the earlier format
+        if type(detail) is not dict:
+            return None
+        return _item(ts, AuditEvent(actor, action, resource, outcome, status, request_id, remote, detail))
+    if type(detail) is not str:
+        return None
+    return ts, (actor[:256], action[:64], resource[:1024], outcome[:32], status, request_id[:64], remote[:64],
+                detail), parts[1], parts[2], parts[3]
 
 
 def _row_event(r: AuditRow) -> AuditEvent:
@@ -176,8 +237,7 @@ class AuditLog:
         """
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
         if self.journal is not None:
-            self.journal.write(encode_line(ts, ev.actor, ev.action, ev.resource, ev.outcome, ev.status, ev.request_id,
-                                           ev.remote, ev.detail))
+            self.journal.write(_journal_line(ts, ev))
             return None
         return self._group.submit((ts, ev))
 
@@ -231,22 +291,22 @@ class AuditLog:
         return read_one(self._sessions, _PENDING_ANY_SQL, (now,)) is not None
 
     @staticmethod
-    def _pending_items(tx: RawTx, cut: str) -> list[tuple[str, AuditEvent]]:
+    def _pending_items(tx: RawTx, cut: str) -> list[Item]:
         """The outbox's committed entries stamped before ``cut`` (taken out of it in ``tx``)."""
         rows = tx.execute(_PENDING_SELECT_SQL, (cut,)).fetchall()
         if rows and tx.dialect == "postgresql":
             tx.execute(_PENDING_DELETE_SQL, ([r[0] for r in rows],))
         elif rows:
             tx.executemany(_PENDING_DELETE_ONE_SQL, [(r[0],) for r in rows])
-        return [(r[1], AuditEvent(r[2], r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))) for r in rows]
+        return [_item(r[1], AuditEvent(r[2], r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))) for r in rows]
 
     def _journal_items(self, tx: RawTx, files: Sequence[tuple[str, int]], final: bool,
-                       offsets: dict[str, int], cut: str | None = None) -> list[tuple[str, AuditEvent]]:
+                       offsets: dict[str, int], cut: str | None = None) -> list[Item]:
         """The entries of ``files`` not folded yet, read from each file's recorded offset; the
         offsets are moved (in ``tx``, under the chain head's lock). ``final``: to the end, and
         the file is marked finished (never folded again). ``cut``: stop at the first entry
         stamped at or after it (left for the next fold)."""
-        items: list[tuple[str, AuditEvent]] = []
+        items: list[Item] = []
         for name, fd in files:
             row = tx.one(_MARK_SQL, (name,))
             offset = int(row[0]) if row is not None else 0
@@ -257,17 +317,16 @@ class AuditLog:
                 used, lines = read_complete(fd, offset, _FOLD_CHUNK)
                 taken, stopped = 0, False
                 for line in lines:
-                    v = decode_line(line)
-                    if v is not None and cut is not None and v[0] >= cut:
+                    it = _line_item(line)
+                    if it is not None and cut is not None and it[0] >= cut:
                         stopped = True
                         break
                     taken += len(line) + 1
-                    if v is None:  # not written by csm: keep the evidence in the chain
-                        items.append((datetime.now(UTC).isoformat(timespec="microseconds"), AuditEvent(
+                    if it is None:  # not written by csm: keep the evidence in the chain
+                        it = _item(datetime.now(UTC).isoformat(timespec="microseconds"), AuditEvent(
                             "csm", "audit.journal", f"audit-journal/{name}", "error", 500,
-                            detail={"problem": "unreadable journal line", "offset": offset})))
-                    else:
-                        items.append((v[0], AuditEvent(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])))
+                            detail={"problem": "unreadable journal line", "offset": offset}))
+                    items.append(it)
                 offset += taken
                 if stopped or not final or used == 0:
                     break
@@ -309,7 +368,7 @@ class AuditLog:
                     work.record = entry
                     return
                 try:
-                    self._append_rows(tx, ((ts, entry),), mac=False)
+                    self._append_rows(tx, (_item(ts, entry),), mac=False)
                 except Exception as exc:
                     raise AuditUnwritable("the audit log cannot be written; request refused") from exc
                 work.record = entry
@@ -334,7 +393,7 @@ class AuditLog:
         runs on the :class:`~sms.db.Writer`'s connection (writes carry their own entries in
         their own transactions, see :meth:`attached`)."""
         with writer(self._sessions).transaction() as tx:
-            return self._append_rows(tx, items)
+            return self._append_rows(tx, [_item(ts, ev) for ts, ev in items])
 
     @staticmethod
     def _lock_head(tx: RawTx) -> tuple[int, str]:
@@ -346,16 +405,17 @@ class AuditLog:
             return 0, GENESIS
         return int(head[0]), str(head[1])
 
-    def _append_rows(self, tx: RawTx, items: Sequence[tuple[str, AuditEvent]], *, mac: bool = True,
+    def _append_rows(self, tx: RawTx, items: Sequence[Item], *, mac: bool = True,
                      head: tuple[int, str] | None = None) -> list[int]:
-        """Link ``items`` into the chain (after ``head`` if already locked); MAC the last one
-        if ``mac``. Returns their seqs."""
+        """Link ``items`` (see :func:`_item`) into the chain (after ``head`` if already locked);
+        MAC the last one if ``mac``. Returns their seqs."""
         seq, prev = head if head is not None else self._lock_head(tx)
         rows: list[list[Any]] = []
-        for ts, ev in items:
+        sha256 = hashlib.sha256
+        for ts, cols, c_head, c_mid, c_tail in items:
             seq += 1
-            digest = hashlib.sha256(_canonical(seq, ts, ev, prev)).hexdigest()
-            rows.append([seq, ts, *_bounded(ev), prev, digest, b"", self._label])
+            digest = sha256(b"".join((c_head, prev.encode(), c_mid, str(seq).encode(), c_tail))).hexdigest()
+            rows.append([seq, ts, *cols, prev, digest, b"", self._label])
             prev = digest
         if mac:
             rows[-1][12] = self._ks.encrypt(self._label, b"", aad=bytes.fromhex(prev))

@@ -198,14 +198,14 @@ def test_every_request_of_a_batch_that_cannot_be_recorded_is_refused(make_servic
 def _crash_mid_batch(url: str, options: str, token_config) -> None:  # runs in a spawned process
     from hsm.keystore import KeyStore
     from sms.audit.service import AuditEvent as Ev
-    from sms.audit.service import AuditLog
+    from sms.audit.service import AuditLog, _item
     from sms.runtime import AUDIT_MAC_KEY
 
     engine = db.make_engine(url, **({"connect_args": {"options": options}} if options else {}))
     ks = KeyStore(token_config)
     ks.open()
     log = AuditLog(db.session_factory(engine), ks, AUDIT_MAC_KEY)
-    items = [("2026-01-01T00:00:00.000000+00:00", Ev(f"token:crash{i}", "secret.read", "s", "ok", 200))
+    items = [_item("2026-01-01T00:00:00.000000+00:00", Ev(f"token:crash{i}", "secret.read", "s", "ok", 200))
              for i in range(4)]
 
     def unit(tx):

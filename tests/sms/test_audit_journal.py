@@ -51,7 +51,7 @@ def test_an_entry_is_in_the_journal_file_at_once_and_in_the_chain_after_the_fold
     services.audit.append(_ev(1))
     files = list(_journal_dir(services).glob("*.journal"))
     assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
-    line = json.loads(files[0].read_bytes().splitlines()[-1])
+    line = json.loads(files[0].read_bytes().splitlines()[-1].split(b"\t")[0])
     assert line[1:4] == ["token:t1", "secret.read", "secrets/d/t1"] and line[6] == "t-1"
     # the worker's fold thread (every 0.2 s) moves it into the chain, MAC'd
     assert _wait_for(lambda: "t-1" in _request_ids(services))
@@ -406,3 +406,50 @@ def test_close_waits_for_a_fold_under_way_then_folds_what_is_left(client, root_h
     assert _request_ids(services).count("cl-1") == 1
     with services.engine.connect() as c:
         assert c.execute(text("SELECT COUNT(*) FROM audit_pending")).scalar_one() == 0
+
+
+_TRICKY = [
+    AuditEvent("token:ä\u2028", "secrets.read", "secrets/d/\\x00é", "ok", 200, "rid", "::1",
+               {"z": [1, 2.5, None], "a": {"y": "ü\t\n\"", "b": True}, "method": "GET"}),
+    AuditEvent("", "", "", "denied", 403),
+    AuditEvent("cert:CN=x\"y", "cmp.ir", "cmp/p/\U0001F600", "error", 500, "r" * 64, "10.0.0.1",
+               {"n": -1, "f": 1e-7, "big": 2**70, "s": "\\u0000", "nested": [[{"k": []}]]}),
+    AuditEvent("a" * 256, "b" * 64, "c" * 1024, "ok", 201, "", "", None),
+]
+
+
+@pytest.mark.parametrize("ev", _TRICKY)
+def test_a_journal_line_hashes_to_exactly_the_canonical_form_verify_recomputes(ev):
+    """The fold only concatenates a line's canonical pieces around prev and seq and hashes:
+    the bytes must be those of _canonical over the stored columns, for any content."""
+    from sms.audit.service import _canonical, _journal_line, _line_item
+
+    line = _journal_line("2026-12-02T01:02:03.000004+00:00", ev)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.count(b"\t") == 3
+    ts, cols, head, mid, tail = _line_item(line[:-1])
+    stored = AuditEvent(*cols[:7], json.loads(cols[7]))  # what verify reads back from the row
+    for seq, prev in ((1, "0" * 64), (123456789, "ab" * 32)):
+        assert head + prev.encode() + mid + str(seq).encode() + tail == _canonical(seq, ts, stored, prev)
+
+
+def test_lines_of_the_earlier_format_still_fold_and_an_edited_line_fails_verification(services):
+    """A journal left by the previous version (one JSON array per line) is folded as before;
+    a line whose columns were edited after it was written is linked but breaks verification."""
+    from sms.audit.service import _journal_line
+
+    d = _journal_dir(services)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = d / "oldhost-1-deadbeef.journal"  # no process holds its lock: an orphan
+    old.write_bytes(b'["2026-01-01T00:00:00.000001+00:00","token:old","secret.read","secrets/d/s","ok",200,'
+                    b'"old-1","127.0.0.1",{"method":"GET"}]\n')
+    services.audit.flush()
+    entries = services.audit.entries(limit=100000)
+    assert [e["actor"] for e in entries if e["request_id"] == "old-1"] == ["token:old"]
+    assert not old.exists() and services.audit.verify().ok
+
+    line = _journal_line("2026-01-01T00:00:00.000002+00:00", _ev(9, "ed"))
+    forged = d / "oldhost-2-deadbeef.journal"
+    forged.write_bytes(line.replace(b"token:ed9", b"token:xx9", 1))  # the column, not the hashed piece
+    services.audit.flush()
+    report = services.audit.verify()
+    assert not report.ok and "modified" in report.problem
