@@ -47,7 +47,7 @@ class Settings:
     hsm_tpm_pcrs: str = _s("", "PCRs the sealed PIN is bound to at init (e.g. sha256:0,7); unsealing fails once they change. Empty = no PCR policy.")
     hsm_lock: str = _s("os", "PKCS#11 locking: 'os' (module locking, one session per thread) or 'global' (one process-wide lock).", choices=("os", "global"))
     server: str = _s("granian", "WSGI server: granian (fastest) or gunicorn (needed for client-certificate identities).", choices=("granian", "gunicorn"))
-    workers: int = _s(2, "Worker processes (each opens its own PKCS#11 session after the fork).", kind=int)
+    workers: int = _s(0, "Worker processes (each opens its own PKCS#11 session after the fork); 0 = one more than the CPUs this process may use, at most 8.", kind=int)
     threads: int = _s(8, "Threads per worker.", kind=int)
     fast_routes: bool = _s(True, "Serve the plain success case of the hottest routes (secret read and replace, CA sign, CMP) without Flask; identical answers, less CPU.", kind=bool)
     max_body_bytes: int = _s(1048576, "Largest accepted request body, in bytes.", kind=int)
@@ -82,6 +82,15 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def effective_workers(self) -> int:
+        """``workers``, or with 0 one more than the CPUs available (a worker's Python runs one
+        thread at a time; the extra one keeps every core busy while another waits), at most 8."""
+        if self.workers > 0:
+            return self.workers
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(cpus + 1, 8)
 
     @property
     def effective_database_url(self) -> str:
@@ -227,8 +236,8 @@ def validate(s: Settings) -> None:
                               "set cmp_http_host to serve CMP over plain HTTP on another address")
         if s.cmp_http_port == s.port and (s.cmp_http_host or s.host) == s.host:
             raise ConfigError("cmp_http_port must differ from port")
-    if s.workers < 1 or s.threads < 1:
-        raise ConfigError("workers and threads must be at least 1")
+    if s.workers < 0 or s.threads < 1:
+        raise ConfigError("workers must be 0 (automatic) or more, threads at least 1")
     if s.max_body_bytes < 1024:
         raise ConfigError("max_body_bytes must be at least 1024")
     if s.token_ttl < 1 or s.token_max_ttl < s.token_ttl:

@@ -44,7 +44,7 @@ def _run_main(settings: Settings) -> None:
 
     kwargs: dict[str, Any] = dict(
         target="sms.wsgi:app", address=settings.host, port=settings.port, interface=Interfaces.WSGI,
-        workers=settings.workers, blocking_threads=settings.threads, log_access=False,
+        workers=settings.effective_workers, blocking_threads=settings.threads, log_access=False,
         respawn_failed_workers=True,
     )
     if cert is not None:
@@ -61,7 +61,7 @@ def _run_gunicorn(settings: Settings, cert: Any, key: Any) -> None:
 
     options: dict[str, Any] = {
         "bind": f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}",
-        "workers": settings.workers,
+        "workers": settings.effective_workers,
         "threads": settings.threads,
         "worker_class": "gthread",
         "preload_app": False,
@@ -123,7 +123,7 @@ def _serve_cmp_http(settings: Settings) -> None:
     from granian.constants import Interfaces
 
     Granian(target="sms.server:cmp_only_app", factory=True, address=settings.cmp_http_host or settings.host,
-            port=settings.cmp_http_port, interface=Interfaces.WSGI, workers=settings.workers,
+            port=settings.cmp_http_port, interface=Interfaces.WSGI, workers=settings.effective_workers,
             blocking_threads=settings.threads, log_access=False, respawn_failed_workers=True).serve()
 
 

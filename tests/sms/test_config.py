@@ -80,3 +80,16 @@ def test_cli_exits_2_with_one_line_on_a_malformed_pin_source(tmp_path):
         assert r.stderr.startswith("csm: error: hsm_pin_source:") and len(r.stderr.splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "d").exists()  # refused before anything was created
+
+
+def test_workers_default_to_one_more_than_the_usable_cpus(monkeypatch):
+    import os
+
+    assert load_settings(env={}).workers == 0
+    cpus = len(os.sched_getaffinity(0))
+    assert load_settings(env={}).effective_workers == min(cpus + 1, 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert load_settings(env={}).effective_workers == 8  # capped
+    assert load_settings(env={"CSM_WORKERS": "5"}).effective_workers == 5  # explicit wins
+    with pytest.raises(ConfigError, match="workers"):
+        load_settings(env={"CSM_WORKERS": "-1"})
