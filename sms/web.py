@@ -186,6 +186,8 @@ def guard(capability: Capability | None, path: str | Callable[..., str], *, acti
             with attach(work):
                 return fn(*args, **kwargs)
 
+        if audit:  # for a request refused before the guard runs (see _refused_before_guard)
+            wrapper._csm_audit = (action, path)  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return deco
@@ -202,13 +204,43 @@ def _audit_text(text: str) -> str:
 _READ_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
-def _success_status() -> int:
-    """The success status the current route declares (flask-smorest ``@blp.response``)."""
+def _view_function() -> Any:
+    """The function serving the current request (a MethodView's method), with the attributes
+    its decorators copied outwards (``functools.wraps``)."""
     view = current_app.view_functions.get(request.endpoint or "")
     cls = getattr(view, "view_class", None)
-    fn = getattr(cls, request.method.lower(), None) if cls is not None else view
-    codes = getattr(fn, "_apidoc", {}).get("success_status_codes") or [200]
+    return getattr(cls, request.method.lower(), None) if cls is not None else view
+
+
+def _success_status() -> int:
+    """The success status the current route declares (flask-smorest ``@blp.response``)."""
+    codes = getattr(_view_function(), "_apidoc", {}).get("success_status_codes") or [200]
     return int(codes[0])
+
+
+def _refused_before_guard() -> dict[str, str] | None:
+    """The audit target of a guarded route whose request was refused before its guard ran —
+    its body or query did not parse or validate (400, 413, 415, 422): those refusals are
+    audited like the others. The caller is identified if it can be; the resource falls back
+    to the request path when the route's path needs the body."""
+    meta = getattr(_view_function(), "_csm_audit", None) if request.endpoint else None
+    if meta is None:
+        return None
+    action, path = meta
+    try:
+        resource = path(**(request.view_args or {})) if callable(path) else path.format(**(request.view_args or {}))
+    except Exception:  # noqa: BLE001 - a path built from a body that did not parse
+        resource = None
+    if not isinstance(resource, str) or not resource:
+        resource = request.path.lstrip("/")
+    if "request_id" not in g:  # refused before the request hooks ran (a body over the size limit)
+        assign_request_id()
+    if "identity" not in g:
+        try:
+            current_identity(required=False)
+        except Exception:  # noqa: BLE001 - an invalid token: recorded as anonymous
+            g.identity = None
+    return {"action": action, "resource": resource}
 
 
 def _audit_event(status: int, pending: dict[str, str]) -> AuditEvent:
@@ -243,7 +275,7 @@ def record_audit(response: Response) -> Response:
     or the detail the view set after its write differ from it, which then get an entry of their
     own."""
     pending = g.pop("audit", None)
-    if pending is None:
+    if pending is None and (response.status_code < 400 or (pending := _refused_before_guard()) is None):
         return response
     work = g.pop("audit_attached", None)
     ev = _audit_event(response.status_code, pending)

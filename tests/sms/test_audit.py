@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sqlalchemy import text
 
 from sms.audit.service import AuditEvent
@@ -291,3 +293,38 @@ def test_each_committed_write_has_exactly_one_entry_and_the_chain_verifies(app, 
     assert sorted(json.loads(r[3])["version"] for r in rows) == list(range(2, 32))  # the write's own detail
     assert last_mac and services.audit.verify().ok
     assert _secret(client, root_headers)[1] == 31
+
+
+@pytest.mark.parametrize("case", ["unknown-field", "not-json", "wrong-type", "too-large", "bad-query"])
+def test_requests_refused_before_their_guard_ran_are_audited_too(client, root_headers, services, case):
+    """A body or query that does not parse or validate is refused before the route's guard
+    runs (400, 413, 415, 422); the refusal is recorded like any other, with the caller."""
+    assert client.post("/v1/domains", json={"name": "ad"}, headers=root_headers).status_code == 201
+    before = services.audit.verify().entries
+    big = services.settings.max_body_bytes + 10
+    h = {**root_headers, "X-Request-ID": f"pre-{case}"}
+    r = {
+        "unknown-field": lambda: client.post("/v1/domains", json={"name": "x", "bogus": 1}, headers=h),
+        "not-json": lambda: client.post("/v1/domains", data=b"{nope", content_type="application/json", headers=h),
+        "wrong-type": lambda: client.put("/v1/domains/ad/secrets/s", data=b'{"values": {}}',
+                                         content_type="text/plain", headers=h),
+        "too-large": lambda: client.post("/v1/domains", data=b"x" * big, content_type="application/json", headers=h),
+        "bad-query": lambda: client.delete("/v1/domains/ad", query_string={"force": "perhaps"}, headers=h),
+    }[case]()
+    assert r.status_code in (400, 413, 415, 422) and r.mimetype == "application/problem+json"
+    report = services.audit.verify()
+    assert report.ok and report.entries == before + 1
+    entry = services.audit.entries(after=0, limit=100000)[-1]
+    assert entry["status"] == r.status_code and entry["outcome"] == "error"
+    assert entry["actor"] == services.auth.authenticate(root_headers["X-CSM-Token"]).label
+    assert entry["request_id"] == r.headers["X-Request-ID"] == f"pre-{case}"
+    assert entry["action"].startswith("secrets.domain.") or entry["action"] == "secrets.update"
+    assert client.get("/v1/domains/ad", headers=root_headers).status_code == 200  # nothing changed
+
+
+def test_an_anonymous_request_refused_before_its_guard_is_audited_as_anonymous(client, services):
+    before = services.audit.verify().entries
+    r = client.post("/v1/domains", data=b"{nope", content_type="application/json")
+    assert r.status_code in (400, 401)
+    entries = services.audit.entries(after=0, limit=100000)
+    assert services.audit.verify().entries == before + 1 and entries[-1]["actor"] == "anonymous"
