@@ -28,11 +28,12 @@ unbounded substitute for the chain.
 Entries of writes take the same way in, through the database: a write commits its entry into
 the ``audit_pending`` outbox in its own transaction (atomic with the write), and the fold
 merges outbox and journals by time. Both are cut at one instant taken before either is read and
-a process's folds read its own journals with the outbox, so within the folding process a
-write's entry is linked neither ahead of what the process journaled before it nor behind what
-it stamped after it. Another worker's fold may take a write from the outbox before that
-worker's journal lines: across processes entries interleave in fold order; each carries its
-own timestamp.
+a process's folds read its own journals with its own outbox entries (each carries the
+writing process's ``origin``), so a write's entry is linked neither ahead of what its process
+journaled before it nor behind what it stamped after it. Others take a process's outbox
+entries only once they are ``orphan_every`` old (the process died or stalls), and a flush
+before the chain is read folds all live journals with the whole outbox at once. Across
+processes entries interleave in fold order; each carries its own timestamp.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ def read_complete(fd: int, offset: int, limit: int) -> tuple[int, list[bytes]]:
 # Folds the given files (or those a callable gives once the fold's cut is taken) into the
 # chain; returns, per file, the offset now folded (-1: finished).
 Files = list[tuple[str, int]] | Callable[[], list[tuple[str, int]]]
-FoldFn = Callable[[Files, bool], dict[str, int]]
+class FoldFn(Protocol):
+    def __call__(self, files: Files, final: bool, everything: bool = False, /) -> dict[str, int]: ...
 
 
 class Journal:
@@ -123,6 +126,9 @@ class Journal:
     def _reset(self) -> None:
         """Fresh state (at start and in a forked child: the parent's files, locks and thread are
         not this process's)."""
+        # this process, as the outbox knows it: its fold links its own outbox entries with its
+        # journal (in order); others take them only once they are orphan_every old
+        self.origin = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
         self._lock = threading.Lock()  # guards the file list and appends
         self._fold_lock = threading.Lock()  # one fold of this process at a time
         self._files: list[JournalFile] = []  # oldest first; the last one takes appends
@@ -197,21 +203,25 @@ class Journal:
                 # Every fold takes all of this process's journals with the outbox, listed after
                 # the fold's cut (a journal opened meanwhile is included): a write's entry is
                 # never folded ahead of what its process journaled before it.
-                offsets = self._fold(self._own_files, False)
-                with self._lock:
-                    files = list(self._files)
-                progressed = False
-                for f in files:
-                    got = offsets.get(f.name, f.folded)
-                    if got < 0:
-                        f.folded = f.written
-                    elif got > f.folded:
-                        f.folded, progressed = got, True
+                progressed = self._note(self._fold(self._own_files, False))
                 if not progressed and not outbox:
                     break  # what is left was stamped after the fold's cut: next round
             self._last_ok = time.monotonic()
             self._failures = 0
             self._retire()
+
+    def _note(self, offsets: dict[str, int]) -> bool:
+        """Record how far this process's files are folded; whether any moved."""
+        with self._lock:
+            files = list(self._files)
+        progressed = False
+        for f in files:
+            got = offsets.get(f.name, f.folded)
+            if got < 0:
+                f.folded = f.written
+            elif got > f.folded:
+                f.folded, progressed = got, True
+        return progressed
 
     def _retire(self) -> None:
         """Rotate to a new file once the current one is large, then finish and delete old ones."""
@@ -226,9 +236,9 @@ class Journal:
             with self._lock:
                 self._files.remove(f)
 
-    def fold_others(self, *, live: bool) -> None:
-        """Fold the journals of other processes in the directory: those whose process is gone
-        (finished and deleted), and with ``live`` also those still being written (up to now)."""
+    def fold_others(self) -> None:
+        """Fold the journals of other processes in the directory whose process is gone
+        (finished and deleted)."""
         own = {f.name for f in self._files}
         for path in _journal_files(self.directory):
             if path.name in own:
@@ -240,9 +250,7 @@ class Journal:
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if live:
-                        self._fold([(path.name, fd)], False)
+                except BlockingIOError:  # its process is alive
                     continue
                 if not _same_file(path, fd):  # finished and deleted by someone else meanwhile
                     continue
@@ -269,9 +277,38 @@ class Journal:
                 os.close(fd)
 
     def fold_all(self) -> None:
-        """Everything journaled in this directory up to now, into the chain (before reading it)."""
-        self.fold_own()
-        self.fold_others(live=True)
+        """Everything journaled in this directory and every outbox entry, up to now, into the
+        chain (before reading it): the journals of finished processes, then one fold of all live
+        journals with the whole outbox, so each process's entries stay in their order."""
+        self.fold_others()
+        opened: list[int] = []
+
+        def live() -> list[tuple[str, int]]:
+            files = self._own_files()
+            own = {name for name, _ in files}
+            for path in _journal_files(self.directory):
+                if path.name in own:
+                    continue
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                opened.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # held: its process is alive
+                    files.append((path.name, fd))
+                # else its process has just ended: the next orphan pass finishes it
+            return files
+
+        try:
+            with self._fold_lock:
+                self._note(self._fold(live, False, True))
+                self._last_ok = time.monotonic()
+                self._retire()
+        finally:
+            for fd in opened:
+                os.close(fd)
 
     def tick(self) -> None:
         """One round of the fold thread."""
@@ -280,7 +317,7 @@ class Journal:
             now = time.monotonic()
             if now - self._last_orphans >= self.orphan_every:
                 self._last_orphans = now
-                self.fold_others(live=False)
+                self.fold_others()
         except Exception as exc:  # noqa: BLE001 - retried next round; appends refuse once it lags
             self._failures += 1
             if self._failures in (1, 10) or self._failures % 100 == 0:

@@ -61,6 +61,9 @@ class AuditPending(_Entry, Base):
     __tablename__ = "audit_pending"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # the writing process (its journal's origin; migration 0007): it links its own entries;
+    # others take them once they are older than the orphan interval ('' = anyone)
+    origin: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class MetaRow(Base):

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -181,13 +181,17 @@ _SET_MARK_SQL = (f"INSERT INTO {AuditJournalMark.__tablename__} (name, folded, u
                  "ON CONFLICT (name) DO UPDATE SET folded = excluded.folded, updated = excluded.updated")
 _FORGET_MARKS_SQL = f"DELETE FROM {AuditJournalMark.__tablename__} WHERE folded < 0 AND updated < ?"
 _PENDING_COLUMNS = ("ts", "actor", "action", "resource", "outcome", "status", "request_id", "remote", "detail")
-_PENDING_INSERT_SQL = (f"INSERT INTO {AuditPending.__tablename__} ({', '.join(_PENDING_COLUMNS)}) "
-                       f"VALUES ({', '.join('?' for _ in _PENDING_COLUMNS)})")
+_PENDING_INSERT_SQL = (f"INSERT INTO {AuditPending.__tablename__} ({', '.join(_PENDING_COLUMNS)}, origin) "
+                       f"VALUES ({', '.join('?' for _ in _PENDING_COLUMNS)}, ?)")
+# A fold takes its own process's entries, those of no process, and others' left for orphan_every.
+_PENDING_MINE = "ts < ? AND (origin = ? OR origin = '' OR ts < ?)"
 _PENDING_SELECT_SQL = (f"SELECT id, {', '.join(_PENDING_COLUMNS)} FROM {AuditPending.__tablename__} "
-                       "WHERE ts < ? ORDER BY id LIMIT 10000")
+                       f"WHERE {_PENDING_MINE} ORDER BY id LIMIT 10000")
+_PENDING_SELECT_ALL_SQL = (f"SELECT id, {', '.join(_PENDING_COLUMNS)} FROM {AuditPending.__tablename__} "
+                           "WHERE ts < ? ORDER BY id LIMIT 10000")
 _PENDING_DELETE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ANY(?)"  # PostgreSQL
 _PENDING_DELETE_ONE_SQL = f"DELETE FROM {AuditPending.__tablename__} WHERE id = ?"
-_PENDING_ANY_SQL = f"SELECT 1 FROM {AuditPending.__tablename__} WHERE ts < ? LIMIT 1"
+_PENDING_ANY_SQL = f"SELECT 1 FROM {AuditPending.__tablename__} WHERE {_PENDING_MINE} LIMIT 1"
 _FOLD_CHUNK = 4 << 20  # journal bytes folded per transaction (a final fold reads to the end)
 
 
@@ -256,7 +260,7 @@ class AuditLog:
         if self.journal is not None:
             self.journal.fold_all()
 
-    def _fold(self, files: Files, final: bool) -> dict[str, int]:
+    def _fold(self, files: Files, final: bool, everything: bool = False) -> dict[str, int]:
         """Link the outbox and the entries of ``files`` not folded yet into the chain, in one
         transaction that holds the chain head's lock first (so folds of several processes
         take turns and each reads the offsets the previous one left). Returns each file's new
@@ -269,12 +273,19 @@ class AuditLog:
         write stamped before the cut whose commit came after the read is still pending, and so
         are its process's later entries (stamped after it). ``files`` may be a callable, listed
         after the cut (a journal opened meanwhile is read too). A ``final`` fold (a dead or
-        retired file) takes its files to the end."""
+        retired file) takes its files to the end.
+
+        The outbox entries taken are this process's own (its journal's ``origin``), those of no
+        process, and those another process has left for ``orphan_every`` (it died or stalls):
+        a write's entry is linked by the fold of the process that journaled the entries around
+        it, so each process's entries keep their order in the chain. ``everything`` takes the
+        whole outbox (a flush before the chain is read, with all live journals)."""
         offsets: dict[str, int] = {}
         with writer(self._sessions).transaction() as tx:
             head = self._lock_head(tx)
-            cut = datetime.now(UTC).isoformat(timespec="microseconds")
-            items = self._pending_items(tx, cut)
+            now = datetime.now(UTC)
+            cut = now.isoformat(timespec="microseconds")
+            items = self._pending_items(tx, cut, None if everything else self._orphan_filter(now))
             items += self._journal_items(tx, files() if callable(files) else files, final, offsets,
                                          None if final else cut)
             if items:
@@ -284,16 +295,25 @@ class AuditLog:
                 tx.execute(_FORGET_MARKS_SQL, (int(time.time()) - 86400,))
         return offsets
 
+    def _orphan_filter(self, now: datetime) -> tuple[str, str]:
+        """(this process's origin, the time before which others' outbox entries are orphans)."""
+        assert self.journal is not None
+        left = (now - timedelta(seconds=self.journal.orphan_every)).isoformat(timespec="microseconds")
+        return self.journal.origin, left
+
     def _outbox_waiting(self) -> bool:
-        """Whether the outbox holds entries a fold now would take (stamped before now: an entry
-        stamped ahead of this host's clock, by another host's, waits for a later fold)."""
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
-        return read_one(self._sessions, _PENDING_ANY_SQL, (now,)) is not None
+        """Whether the outbox holds entries this process's fold now would take (stamped before
+        now: an entry stamped ahead of this host's clock, by another host's, waits)."""
+        now = datetime.now(UTC)
+        return read_one(self._sessions, _PENDING_ANY_SQL,
+                        (now.isoformat(timespec="microseconds"), *self._orphan_filter(now))) is not None
 
     @staticmethod
-    def _pending_items(tx: RawTx, cut: str) -> list[Item]:
-        """The outbox's committed entries stamped before ``cut`` (taken out of it in ``tx``)."""
-        rows = tx.execute(_PENDING_SELECT_SQL, (cut,)).fetchall()
+    def _pending_items(tx: RawTx, cut: str, mine: tuple[str, str] | None) -> list[Item]:
+        """The outbox's committed entries stamped before ``cut`` (taken out of it in ``tx``):
+        with ``mine`` (origin, orphan time) those this process's fold takes, else all."""
+        rows = (tx.execute(_PENDING_SELECT_SQL, (cut, *mine)) if mine is not None
+                else tx.execute(_PENDING_SELECT_ALL_SQL, (cut,))).fetchall()
         if rows and tx.dialect == "postgresql":
             tx.execute(_PENDING_DELETE_SQL, ([r[0] for r in rows],))
         elif rows:
@@ -348,21 +368,19 @@ class AuditLog:
         transaction, so a batch of writes costs one MAC, as appends do). The committed entry is
         left in ``record``."""
 
-        outbox = self.journal is not None
-
         def prepare() -> Callable[[RawTx, Any], None]:
             ts, ev = datetime.now(UTC).isoformat(timespec="microseconds"), event()
 
             def add(tx: RawTx, result: Any) -> None:
                 described = getattr(result, "audit_detail", None)
                 entry = replace(ev, detail={**(ev.detail or {}), **described()}) if described is not None else ev
-                if outbox:  # into the outbox, linked into the chain (and MAC'd) by the next fold
-                    if self.journal is not None:
-                        if self.journal.stalled():
-                            raise AuditUnwritable("the audit log cannot be written; request refused")
-                        self.journal.start()  # someone must fold the outbox
+                journal = self.journal
+                if journal is not None:  # into the outbox, linked into the chain (and MAC'd) by a fold
+                    if journal.stalled():
+                        raise AuditUnwritable("the audit log cannot be written; request refused")
+                    journal.start()  # this process's fold links its own outbox entries
                     try:
-                        tx.execute(_PENDING_INSERT_SQL, (ts, *_bounded(entry)))
+                        tx.execute(_PENDING_INSERT_SQL, (ts, *_bounded(entry), journal.origin))
                     except Exception as exc:
                         raise AuditUnwritable("the audit log cannot be written; request refused") from exc
                     work.record = entry
@@ -375,7 +393,7 @@ class AuditLog:
 
             return add
 
-        work = Attached(prepare, _nothing if outbox else self._mac_head)
+        work = Attached(prepare, _nothing if self.journal is not None else self._mac_head)
         return work
 
     def _mac_head(self, tx: RawTx) -> None:

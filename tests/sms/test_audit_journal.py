@@ -453,3 +453,62 @@ def test_lines_of_the_earlier_format_still_fold_and_an_edited_line_fails_verific
     services.audit.flush()
     report = services.audit.verify()
     assert not report.ok and "modified" in report.problem
+
+
+def _outbox_write(log: AuditLog, services, ev: AuditEvent) -> None:
+    """A write committed with its entry in ``log``'s outbox, as a request's write does."""
+    from sms.db import attach, transaction
+
+    work = log.attached(lambda: ev)
+    with attach(work), transaction(services.sessions, write=True) as s:
+        s.execute(text("SELECT 1"))
+    assert work.committed
+
+
+def test_a_workers_write_is_linked_by_its_own_fold_after_what_it_journaled_before(services):
+    """Another process's fold leaves a worker's fresh outbox entries to that worker, whose fold
+    links them with its journal, in order (before migration 0007 any fold took them and could
+    link a write ahead of its worker's earlier reads)."""
+    a = services.audit
+    b = _log(services, fold_interval=3600)  # another worker; it folds only when told
+    a.append(_ev(0, "a"))
+    b.append(_ev(1, "b"))  # journaled by b ...
+    _outbox_write(b, services, _ev(2, "b"))  # ... then b writes
+    a.journal.fold_own()
+    ids = _request_ids(services)
+    assert "a-0" in ids and "b-1" not in ids and "b-2" not in ids  # a's fold left b's write to b
+    with services.engine.connect() as c:
+        assert c.execute(text("SELECT origin FROM audit_pending")).scalar_one() == b.journal.origin
+    b.journal.fold_own()
+    ids = _request_ids(services)
+    assert [i for i in ids if i.startswith("b-")] == ["b-1", "b-2"]
+    b.close()
+    assert services.audit.verify().ok
+
+
+def test_a_dead_workers_outbox_entries_are_taken_by_others_after_the_orphan_interval(services):
+    a = services.audit
+    b = _log(services, fold_interval=3600)
+    _outbox_write(b, services, _ev(1, "gone"))  # b then never folds (as if killed)
+    a.journal.fold_own()
+    assert "gone-1" not in _request_ids(services)
+    a.journal.orphan_every = 0.3
+    time.sleep(0.4)
+    a.journal.fold_own()
+    assert _request_ids(services).count("gone-1") == 1
+    with services.engine.connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM audit_pending")).scalar_one() == 0
+    assert services.audit.verify().ok
+
+
+def test_a_flush_folds_live_journals_and_the_whole_outbox_together_in_order(services):
+    b = _log(services, fold_interval=3600)
+    b.append(_ev(1, "f"))
+    _outbox_write(b, services, _ev(2, "f"))
+    b.append(_ev(3, "f"))
+    services.audit.flush()  # what verify and the listing do first
+    assert [i for i in _request_ids(services) if i.startswith("f-")] == ["f-1", "f-2", "f-3"]
+    with services.engine.connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM audit_pending")).scalar_one() == 0
+    b.close()
+    assert services.audit.verify().ok
