@@ -10,8 +10,10 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from .config import Settings
 from .errors import ConfigError
 from .runtime import AUDIT_MAC_KEY, Services, build_services, prepare_module_env
 from .tls import ensure_service_cert
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -63,7 +67,7 @@ def ensure_token(settings: Settings, progress: Progress) -> tuple[str, bool]:
     conf = write_softhsm_conf(settings.softhsm_conf.parent)
     os.environ.setdefault("SOFTHSM2_CONF", str(conf))
     conf = Path(os.environ["SOFTHSM2_CONF"])
-    if token_exists(conf, settings.hsm_token_label):
+    if _token_shows(conf, settings.hsm_token_label, created_before=recorded.exists()):
         return (recorded.read_text().strip().split(":", 1)[0] if recorded.exists() else "configured"), False
     tcti = _detect_tcti(settings)
     progress(f"creating SoftHSM token {settings.hsm_token_label!r} in {conf.parent}"
@@ -76,6 +80,26 @@ def ensure_token(settings: Settings, progress: Progress) -> tuple[str, bool]:
     recorded.write_text(source.spec() + "\n")
     recorded.chmod(0o600)
     return description, True
+
+
+def _token_shows(conf: Path, label: str, *, created_before: bool, wait: float = 15.0) -> bool:
+    """Whether the token is there. One this data directory created before (its PIN source is
+    recorded) may briefly not show while another process rewrites its files: look again for
+    ``wait`` seconds, then refuse — a new token would not hold this deployment's keys, and its
+    PIN would replace the recorded one."""
+    if token_exists(conf, label):
+        return True
+    if not created_before:
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if token_exists(conf, label):
+            log.warning("SoftHSM token %r showed only on a later look", label)
+            return True
+    raise ConfigError(f"the SoftHSM token {label!r} this data directory created is not readable in "
+                      f"{conf.parent}; not creating a new one (it would not hold this deployment's keys). "
+                      "Restore the token directory, or move the data directory away to start afresh.")
 
 
 def run_init(settings: Settings, progress: Progress = lambda _m: None) -> tuple[InitResult, Services]:

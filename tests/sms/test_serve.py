@@ -114,3 +114,41 @@ def test_restart_keeps_state_and_audit_verifies_then_detects_tampering(tmp_path)
     con.close()
     bad = run(["audit", "verify"], user_env(data))
     assert bad.returncode == 1 and "TAMPERED" in bad.stderr
+
+
+def test_a_token_created_before_that_does_not_show_is_waited_for_never_replaced(tmp_path):
+    """A start that cannot see the token this data directory created (another process was
+    rewriting its files: seen once in CI under load) must not create a new token and rotate
+    the PIN — the deployment's keys are in the old one. It looks again for a while, then
+    refuses with a clear error; the token back in place, the start goes on with it."""
+    import shutil
+    import threading
+
+    data = tmp_path / "csm-data"
+    env = user_env(data, {"CSM_PLAIN_HTTP": "1"})
+    assert cli(["init"], env).returncode == 0
+    pin_before = sorted(p.name for p in (data / "hsm").iterdir())
+    tokens = data / "softhsm" / "tokens"
+    hidden = tmp_path / "tokens-away"
+    shutil.move(tokens, hidden)
+    tokens.mkdir()
+    r = cli(["init"], env, timeout=120)
+    assert r.returncode != 0 and "not creating a new one" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr + r.stdout
+    assert list(tokens.iterdir()) == [] and sorted(p.name for p in (data / "hsm").iterdir()) == pin_before
+
+    def put_back() -> None:
+        import time
+
+        time.sleep(2)
+        tokens.rmdir()
+        shutil.move(hidden, tokens)
+
+    t = threading.Thread(target=put_back)
+    t.start()
+    r = cli(["init"], env, timeout=120)
+    t.join()
+    assert r.returncode == 0, r.stderr
+    assert "creating SoftHSM token" not in r.stdout + r.stderr
+    assert sorted(p.name for p in (data / "hsm").iterdir()) == pin_before  # the PIN was not replaced
+    assert cli(["audit", "verify"], env).returncode == 0  # the audit MAC key is the one of before
