@@ -241,18 +241,11 @@ class Journal:
         (finished and deleted)."""
         own = {f.name for f in self._files}
         for path in _journal_files(self.directory):
-            if path.name in own:
+            if path.name in own or (got := _open_other(path)) is None:
                 continue
+            fd, alive = got
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # its process is alive
-                    continue
-                if not _same_file(path, fd):  # finished and deleted by someone else meanwhile
+                if alive or not _same_file(path, fd):  # live, or finished and deleted by someone else meanwhile
                     continue
                 self._fold([(path.name, fd)], True)
                 _unlink(path)
@@ -287,18 +280,11 @@ class Journal:
             files = self._own_files()
             own = {name for name, _ in files}
             for path in _journal_files(self.directory):
-                if path.name in own:
+                if path.name in own or (got := _open_other(path)) is None:
                     continue
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                opened.append(fd)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # held: its process is alive
-                    files.append((path.name, fd))
-                # else its process has just ended: the next orphan pass finishes it
+                opened.append(got[0])
+                if got[1]:  # alive (else its process has just ended: the next orphan pass finishes it)
+                    files.append((path.name, got[0]))
             return files
 
         try:
@@ -380,6 +366,20 @@ def _call(ref: weakref.ref[Journal], method: Callable[[Journal], None]) -> None:
     j = ref()
     if j is not None:
         method(j)
+
+
+def _open_other(path: Path) -> tuple[int, bool] | None:
+    """Open another process's journal: (fd, alive) — alive while its process holds the lock
+    (else the lock is now the caller's, until it closes fd); None if the file is gone."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return fd, True
+    return fd, False
 
 
 def _journal_files(directory: Path) -> list[Path]:
