@@ -42,9 +42,9 @@ def problem_response(
     body: dict[str, Any] = {"type": type_uri, "title": title, "status": status, "detail": detail}
     if request:
         body["instance"] = request.path
-        rid = getattr(g, "request_id", None)
-        if rid:
-            body["request_id"] = rid
+        if not getattr(g, "request_id", None):  # refused before the request hooks ran (a body over the limit)
+            assign_request_id()
+        body["request_id"] = g.request_id
     for k, v in (extensions or {}).items():
         if k not in body:
             body[k] = v

@@ -50,8 +50,10 @@ def test_wrong_method(client):
 
 def test_oversized_body(client, root_headers, services):
     big = b"{" + b'"a":"' + b"x" * (services.settings.max_body_bytes + 10) + b'"}'
-    assert_problem(client.post("/v1/auth/tokens", data=big, content_type="application/json",
-                               headers=root_headers), 413)
+    r = client.post("/v1/auth/tokens", data=big, content_type="application/json",
+                    headers={**root_headers, "X-Request-ID": "big-1"})
+    body = assert_problem(r, 413)
+    assert body["request_id"] == r.headers["X-Request-ID"] == "big-1"  # refused before the request hooks
 
 
 def test_malformed_json(client, root_headers):
