@@ -157,7 +157,12 @@ def _line_item(line: bytes) -> Item | None:
         if type(detail) is not dict:
             return None
         return _item(ts, AuditEvent(actor, action, resource, outcome, status, request_id, remote, detail))
-    if type(detail) is not str:
+    if type(detail) is not str or detail[:1] != "{":
+        return None
+    try:  # the listing and verify read it back: a damaged one becomes an evidence entry instead
+        if type(json.loads(detail)) is not dict:
+            return None
+    except (ValueError, RecursionError):
         return None
     return ts, (actor[:256], action[:64], resource[:1024], outcome[:32], status, request_id[:64], remote[:64],
                 detail), parts[1], parts[2], parts[3]

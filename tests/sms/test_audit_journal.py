@@ -448,6 +448,12 @@ def test_lines_of_the_earlier_format_still_fold_and_an_edited_line_fails_verific
     assert not old.exists() and services.audit.verify().ok
 
     line = _journal_line("2026-01-01T00:00:00.000002+00:00", _ev(9, "ed"))
+    damaged = d / "oldhost-3-deadbeef.journal"  # a detail that is not a JSON object: kept as evidence
+    damaged.write_bytes(line.replace(b'"{}"]\t', b'"{"]\t', 1))
+    services.audit.flush()
+    assert [e["action"] for e in services.audit.entries(limit=100000)][-1] == "audit.journal"
+    assert services.audit.verify().ok
+
     forged = d / "oldhost-2-deadbeef.journal"
     forged.write_bytes(line.replace(b"token:ed9", b"token:xx9", 1))  # the column, not the hashed piece
     services.audit.flush()
