@@ -42,9 +42,7 @@ def problem_response(
     body: dict[str, Any] = {"type": type_uri, "title": title, "status": status, "detail": detail}
     if request:
         body["instance"] = request.path
-        if not getattr(g, "request_id", None):  # refused before the request hooks ran (a body over the limit)
-            assign_request_id()
-        body["request_id"] = g.request_id
+        body["request_id"] = current_request_id()
     for k, v in (extensions or {}).items():
         if k not in body:
             body[k] = v
@@ -233,8 +231,6 @@ def _refused_before_guard() -> dict[str, str] | None:
         resource = None
     if not isinstance(resource, str) or not resource:
         resource = request.path.lstrip("/")
-    if "request_id" not in g:  # refused before the request hooks ran (a body over the size limit)
-        assign_request_id()
     if "identity" not in g:
         try:
             current_identity(required=False)
@@ -253,7 +249,7 @@ def _audit_event(status: int, pending: dict[str, str]) -> AuditEvent:
         resource=_audit_text(pending["resource"]),
         outcome=outcome,
         status=status,
-        request_id=g.get("request_id", ""),
+        request_id=current_request_id(),
         remote=request.remote_addr or "",
         detail={"method": request.method, **(g.get("audit_detail") or {})},
     )
@@ -317,8 +313,16 @@ def assign_request_id() -> None:
     g.request_id = rid if _REQUEST_ID_RE.match(rid) else new_request_id()
 
 
+def current_request_id() -> str:
+    """This request's id: assigned by the before_request hook, or here for a request refused
+    before the hooks ran (a body over the size limit)."""
+    if "request_id" not in g:
+        assign_request_id()
+    return str(g.request_id)
+
+
 def add_common_headers(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("request_id", "")
+    response.headers["X-Request-ID"] = current_request_id()
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
