@@ -11,6 +11,7 @@ from . import fastpath
 from .config import Settings
 from .runtime import Services, build_services
 from .web import (
+    DrainRefusedBody,
     ProblemApi,
     add_common_headers,
     assign_request_id,
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.before_request(assign_request_id)
     app.after_request(add_common_headers)
     app.after_request(record_audit)  # runs first (after_request is LIFO)
+    app.wsgi_app = DrainRefusedBody(app.wsgi_app)  # type: ignore[method-assign]
     fastpath.install(app, svc)
     return app
 
