@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from flask import Response, current_app, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import LimitedStream
 
 from .audit.service import AuditEvent
 from .db import attach
@@ -339,13 +340,19 @@ class DrainRefusedBody:
     A refusal that comes before the body was read (413 over the size limit, 401, 415, ...)
     would otherwise be answered while the client is still sending; over HTTP/2 the server then
     resets the stream, and depending on timing the client sees a stream error instead of the
-    problem document (curl: "(92) Stream error in the HTTP/2 framing layer"). A body declared
-    larger than the limit is left alone: that client learns of its refusal the hard way."""
+    problem document (curl: "(92) Stream error in the HTTP/2 framing layer"). Never past the
+    body: with a Content-Length the input is counted (PEP 3333: a server need not end the
+    stream there - werkzeug's development server does not), without one only a server that
+    says it ends the stream (``wsgi.input_terminated``, as granian) is read to its end. A body
+    declared larger than the limit is left alone: that client learns of its refusal the hard way."""
 
     def __init__(self, wsgi_app: Callable[..., Any]) -> None:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        stream = _countable_input(environ)
+        if stream is None:
+            return self.wsgi_app(environ, start_response)
         status: list[str] = []
 
         def note(st: str, headers: Any, exc_info: Any = None) -> Any:
@@ -354,26 +361,35 @@ class DrainRefusedBody:
 
         out = self.wsgi_app(environ, note)
         if status and status[-1][:1] in "45":
-            drain_body(environ)
+            _drop_rest(stream)
         return out
 
 
-def drain_body(environ: dict[str, Any], limit: int = DRAIN_LIMIT) -> int:
-    """Read and drop the rest of the request body (if declared no larger than ``limit``);
-    returns the bytes dropped. Never raises: a client gone meanwhile is no error here."""
-    length = environ.get("CONTENT_LENGTH") or ""
-    if length and (not length.isdigit() or int(length) > limit):
-        return 0
+def _countable_input(environ: dict[str, Any]) -> Any:
+    """The request body as a stream that ends where the body ends (installed in ``environ``
+    when it had to be wrapped for that), or None when there is no body to drain or it is not
+    known where it ends."""
     stream = environ.get("wsgi.input")
     if stream is None:
-        return 0
+        return None
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length:
+        if not length.isdigit() or not 0 < int(length) <= DRAIN_LIMIT:
+            return None
+        stream = environ["wsgi.input"] = LimitedStream(stream, int(length))
+        return stream
+    if environ.get("REQUEST_METHOD") in ("GET", "HEAD", "OPTIONS") or not environ.get("wsgi.input_terminated"):
+        return None
+    return stream  # the server ends it: read at most DRAIN_LIMIT of it
+
+
+def _drop_rest(stream: Any) -> None:
     dropped = 0
     try:
-        while dropped < limit:
-            chunk = stream.read(min(65536, limit - dropped))
+        while dropped < DRAIN_LIMIT:
+            chunk = stream.read(min(65536, DRAIN_LIMIT - dropped))
             if not chunk:
                 break
             dropped += len(chunk)
-    except Exception:  # noqa: BLE001 - the answer goes out all the same
+    except Exception:  # noqa: BLE001 - a client gone meanwhile: the answer goes out all the same
         pass
-    return dropped

@@ -115,6 +115,11 @@ def test_a_refused_body_is_read_to_its_end_before_the_answer(app, services, root
     assert stream.tell() == len(big)  # all of it read (and dropped)
     st, _, stream = _call(app, "POST", "/v1/auth/tokens", b'{"ttl": 60}', [("X-CSM-Token", "nope")])
     assert st == 401 and stream.tell() == len(b'{"ttl": 60}')
+    # never past the body: what follows it on a kept-alive connection is the next request's
+    body = b'{"ttl": 60}'
+    st, _, stream = _call(app, "POST", "/v1/auth/tokens", body + b"POST /next HTTP/1.1", [("X-CSM-Token", "nope")],
+                          content_length=len(body))
+    assert st == 401 and stream.tell() == len(body)
     # a body declared larger than the drain limit is left alone
     from sms.web import DRAIN_LIMIT
     st, _, stream = _call(app, "POST", "/v1/auth/tokens", b"x" * 1000, [("X-CSM-Token", root_token)],
