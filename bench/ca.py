@@ -3,7 +3,7 @@
     .venv/bin/python bench/ca.py [--duration 8] [--connections 16] [--rounds 2]
 
 * csm is started the way the README does: ``csm serve`` on a fresh data directory with
-  ``--plain-http --host 127.0.0.1`` (default 2 workers x 8 threads). An EC P-256 root CA is
+  ``--plain-http --host 127.0.0.1`` (default workers: one more than the CPUs, x 8 threads). An EC P-256 root CA is
   created in its SoftHSM token (``POST /v1/ca``) with the built-in profiles; the load is
   ``POST /v1/ca/bench/sign?profile=tls-server`` with a PEM CSR body (``application/pkcs10``).
   Every certificate is stored in SQLite and every request audited (hash chain + token MAC).

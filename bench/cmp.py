@@ -3,7 +3,7 @@
     .venv/bin/python bench/cmp.py [--duration 6] [--concurrency 8] [--rounds 3]
 
 * csm is started the way the README does: ``csm serve`` on a fresh data directory with
-  ``--plain-http --host 127.0.0.1`` (2 granian workers x 8 threads); a root CA (EC P-256, key in
+  ``--plain-http --host 127.0.0.1`` (default workers: one more than the CPUs, x 8 threads); a root CA (EC P-256, key in
   the SoftHSM token) is created over REST, and a CMP profile with a PBM shared secret
   (certificate profile ``tls-client``, responses MAC-protected with 500 iterations like the mock's
   default). Every certificate is signed in the token, stored in SQLite, audited.
@@ -25,10 +25,12 @@ on a busy machine where throughput is not (``--transactions`` per round, ``--rou
 
 Prints transactions/s (median and every run), p50/p99 latency, server CPU and load-generator CPU
 per transaction, the CPU used by everything else on the machine, and the ratios csm / openssl.
-The client is the same for both servers, so its CPU per transaction is (nearly) the same; with
-2 cores shared by the client and the server, the server's CPU per transaction decides the ratio.
-Note: the openssl mock serves one connection at a time (it is a test server), so at concurrency 8
-its throughput is bounded by one client's round-trip, not by its CPU. Bounded: ~2-3 minutes.
+The client is the same for both servers, so its CPU per transaction is (nearly) the same. When
+client and server share a machine that the load saturates (2 cores: both servers, implicitConfirm),
+throughput is about cores / (client CPU + server CPU per transaction), so the ratio csm / openssl is
+(client + mock CPU) / (client + csm CPU): it reaches 1.0 only when csm spends no more CPU per
+transaction than the mock (give or take the client's run-to-run variation). The openssl mock serves one connection at a time; where the
+machine is not saturated (certConf on 2 cores: ~1.5 cores busy), that bounds its rate. Bounded: ~2-3 minutes.
 """
 from __future__ import annotations
 
