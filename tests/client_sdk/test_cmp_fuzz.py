@@ -2,6 +2,7 @@
 (bit flips, truncations, insertions, length-byte damage, splices) and arbitrary bytes."""
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -17,8 +18,10 @@ from .conftest import SECRET, Captured
 
 pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 
-MUTATIONS = 5000
-TIME_BUDGET = 15.0  # seconds; the loop stops early rather than slow the suite down
+# a deeper local run: CSM_FUZZ_N=300000 CSM_FUZZ_SECONDS=600 CSM_FUZZ_SEED=7 pytest tests/client_sdk/test_cmp_fuzz.py
+MUTATIONS = int(os.environ.get("CSM_FUZZ_N", "5000"))
+TIME_BUDGET = float(os.environ.get("CSM_FUZZ_SECONDS", "15"))  # the loop stops early rather than slow the suite
+SEED = int(os.environ.get("CSM_FUZZ_SEED", "20240607"))
 
 
 def _mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
@@ -68,7 +71,7 @@ def _exercise(der: bytes) -> str:
 
 
 def test_thousands_of_mutations_of_openssl_messages_raise_only_cmp_errors(captured: Captured) -> None:
-    rng = random.Random(20240607)
+    rng = random.Random(SEED)
     pool = [m for _, m in captured.all()]
     outcomes: dict[str, int] = {}
     deadline = time.monotonic() + TIME_BUDGET
