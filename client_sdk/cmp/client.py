@@ -97,6 +97,9 @@ class HttpTransport:
         self.max_response_size = max_response_size
         self._session = session or requests.Session()
         self._session.verify = verify
+        # Passed on every request as well: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the
+        # environment override a session's verify (requests#3829), and those are set in many images.
+        self._verify = verify
         if client_cert is not None:
             self._session.cert = client_cert
 
@@ -115,6 +118,7 @@ class HttpTransport:
         for attempt in (1, 2):
             try:
                 resp = self._session.post(self.url, data=request, timeout=self.timeout, stream=True,
+                                          verify=self._verify,
                                           headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE})
                 break
             except requests.exceptions.SSLError as exc:

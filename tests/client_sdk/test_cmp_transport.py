@@ -3,10 +3,12 @@ TCP connections: complete responses reuse one connection, refused ones close the
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +128,67 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> None:
             assert t.send(b"req") == b"\x30\x01\x00"
         assert len(served) == 3  # each message answered once
         t.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_verify_with_a_ca_file_holds_when_the_environment_names_another_bundle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests lets REQUESTS_CA_BUNDLE (set in many container images) override a session's
+    verify; the transport passes its own on every request, so the CA the caller names is used."""
+    import datetime as dt
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/pkixcmp")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"\x30\x00")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "ca.pem", tmp_path / "key.pem")
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        other_key = ec.generate_private_key(ec.SECP256R1())  # a bundle without our CA, as the system's
+        other = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(other_key.public_key())
+                 .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+                 .not_valid_after(now + dt.timedelta(hours=1)).sign(other_key, hashes.SHA256()))
+        (tmp_path / "other.pem").write_bytes(other.public_bytes(serialization.Encoding.PEM))
+        for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            monkeypatch.setenv(var, str(tmp_path / "other.pem"))
+        url = f"https://127.0.0.1:{srv.server_address[1]}/.well-known/cmp"
+        t = HttpTransport(url, verify=str(tmp_path / "ca.pem"))
+        assert t.send(b"\x30\x00") == b"\x30\x00"
+        with pytest.raises(TransportError, match="TLS"):
+            HttpTransport(url).send(b"\x30\x00")  # the default (the environment's bundle) does not know it
     finally:
         srv.shutdown()
         srv.server_close()
