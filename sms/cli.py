@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import SETTINGS, Settings, env_name, flag_name, load_settings
+from .config import SETTINGS, Settings, env_name, flag_name, load_settings, usable_cpus
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
@@ -108,6 +108,9 @@ def serve(**kwargs: Any) -> None:
     click.echo(f"csm listening on {settings.url}/  (OpenAPI UI: {settings.url}/v1/openapi/ui)")
     click.echo(f"  root token: {settings.root_token_path}" + ("" if settings.plain_http else
                f"   CA certificate: {settings.tls_dir / 'ca.crt'}"))
+    click.echo(f"  {settings.effective_workers} workers x {settings.threads} threads on {usable_cpus()} CPUs"
+               + ("  (workers = 0: one more than the CPUs, measured; see README Configuration)"
+                  if settings.workers == 0 else ""))
     sys.stdout.flush()
     _guarded(lambda: run_server(settings))
 

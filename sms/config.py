@@ -28,6 +28,11 @@ def _s(default: Any, help: str, *, kind: type = str, choices: tuple[str, ...] | 
     return field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), not all the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: str = _s("./csm-data", "Directory for the database, SoftHSM token, TLS files and root token.")
@@ -89,8 +94,7 @@ class Settings:
         thread at a time; the extra one keeps every core busy while another waits), at most 8."""
         if self.workers > 0:
             return self.workers
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return min(cpus + 1, 8)
+        return min(usable_cpus() + 1, 8)
 
     @property
     def effective_database_url(self) -> str:

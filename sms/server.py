@@ -45,13 +45,35 @@ def _run_main(settings: Settings) -> None:
     kwargs: dict[str, Any] = dict(
         target="sms.wsgi:app", address=settings.host, port=settings.port, interface=Interfaces.WSGI,
         workers=settings.effective_workers, blocking_threads=settings.threads, log_access=False,
-        respawn_failed_workers=True,
+        respawn_failed_workers=True, log_dictconfig=_GRANIAN_LOGGING,
     )
     if cert is not None:
         kwargs.update(ssl_cert=cert, ssl_key=key)
         if settings.tls_client_ca:
             kwargs.update(ssl_ca=settings.tls_client_ca, ssl_client_verify=settings.tls_client_required)
     Granian(**kwargs).serve()
+
+
+class _SizingAdviceFilter:
+    """Drops granian's generic sizing warnings (more workers than CPUs, more threads than 2 x CPUs
+    + 1): csm's defaults were chosen by measurement on exactly such machines (README,
+    Configuration), and ``csm serve`` prints the sizing it uses instead."""
+
+    PREFIXES = ("Configured number of workers appears to be higher", "Configuration allows spawning up to")
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+#: granian's own logging configuration (granian.log.LOGGING_CONFIG) with the filter above.
+_GRANIAN_LOGGING: dict[str, Any] = {
+    "filters": {"csm_sizing": {"()": "sms.server._SizingAdviceFilter"}},
+    "handlers": {
+        "console": {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                    "filters": ["csm_sizing"]},
+        "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stdout"},
+    },
+}
 
 
 def _run_gunicorn(settings: Settings, cert: Any, key: Any) -> None:
@@ -124,7 +146,8 @@ def _serve_cmp_http(settings: Settings) -> None:
 
     Granian(target="sms.server:cmp_only_app", factory=True, address=settings.cmp_http_host or settings.host,
             port=settings.cmp_http_port, interface=Interfaces.WSGI, workers=settings.effective_workers,
-            blocking_threads=settings.threads, log_access=False, respawn_failed_workers=True).serve()
+            blocking_threads=settings.threads, log_access=False, respawn_failed_workers=True,
+            log_dictconfig=_GRANIAN_LOGGING).serve()
 
 
 def cmp_only_app() -> Callable[..., Any]:

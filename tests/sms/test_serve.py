@@ -31,6 +31,9 @@ def test_first_start_prints_url_and_root_token_location(served):
     assert str(served.data_dir / "root-token") in out
     token = (served.data_dir / "root-token").read_text().strip()
     assert token not in out  # the token itself is never printed
+    # the sizing in use instead of granian's generic advice against more threads than 2 x CPUs + 1
+    assert "2 workers x 8 threads on" in out
+    assert "Configuration allows spawning" not in out and "[INFO] Started worker" in out
 
 
 def test_secret_files_are_private(served):
