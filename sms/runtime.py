@@ -137,7 +137,9 @@ def build_services(settings: Settings, *, token_config: TokenConfig | None = Non
         sessions=sessions,
         keystore=ks,
         auth=AuthService(sessions, default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl,
-                         cache_ttl=max(0, settings.auth_cache_ttl)),
+                         cache_ttl=max(0, settings.auth_cache_ttl),
+                         # the workers of this instance share its data directory (see IdentityCache)
+                         cache_signal=settings.data_path / "auth-cache.signal" if settings.data_path.is_dir() else None),
         audit=AuditLog(sessions, ks, AUDIT_MAC_KEY, batch_max=max(1, settings.audit_batch_max),
                        journal_dir=settings.data_path / "audit-journal" if settings.audit_sync == "journal" else None,
                        fold_interval=max(1, settings.audit_fold_ms) / 1000),

@@ -15,11 +15,14 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +33,7 @@ from .models import PolicyRow, TokenRow
 from .policy import ROOT_POLICY, Capability, InvalidPolicy, Policy, allowed, parse_policy
 
 TOKEN_PREFIX = "csm."
+log = logging.getLogger("csm.auth")
 
 
 def hash_token(token: str) -> str:
@@ -107,18 +111,43 @@ class IdentityCache:
     """Token hash -> (identity, monotonic time fetched); bounded, emptied by :meth:`clear`.
 
     ``clear`` bumps a generation number: a lookup that read the database before a clear does
-    not store its (possibly stale) result after it."""
+    not store its (possibly stale) result after it.
+
+    ``signal``: a file shared by the processes of one instance (the workers of ``csm serve``, in
+    its data directory). :meth:`clear` replaces it, and every cache sharing it empties itself at
+    its next lookup, so a revoke or policy change applies in every worker at once; a ``stat``
+    per lookup (about a microsecond). Without it (or for other instances) ``ttl`` bounds how
+    long an entry can outlive a change."""
 
     def __init__(self, ttl: float, *, max_entries: int = 10000,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, signal: Path | None = None) -> None:
         self.ttl = ttl
         self._max = max_entries
         self._monotonic = monotonic
         self._entries: dict[str, tuple[Identity, float]] = {}
         self._lock = threading.Lock()
         self.generation = 0
+        self._signal = signal
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        if self._signal is None:
+            return (0, 0)
+        try:
+            st = os.stat(self._signal)
+        except OSError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
 
     def get(self, key: str) -> Identity | None:
+        if self._signal is not None:
+            stamp = self._stamp()
+            if stamp != self._seen:  # another process changed tokens or policies
+                with self._lock:
+                    self._seen = stamp
+                    self.generation += 1
+                    self._entries.clear()
+                return None
         hit = self._entries.get(key)
         if hit is None:
             return None
@@ -139,6 +168,14 @@ class IdentityCache:
         with self._lock:
             self.generation += 1
             self._entries.clear()
+        if self._signal is not None:
+            # a new file each time (new inode): what the other processes compare
+            tmp = self._signal.with_name(f".{self._signal.name}.{os.getpid()}.{threading.get_ident()}")
+            try:
+                tmp.write_bytes(secrets.token_bytes(8))
+                os.replace(tmp, self._signal)
+            except OSError as exc:  # the other workers then apply it within ttl
+                log.warning("cannot signal a token or policy change to the other workers: %s", exc.strerror)
 
 
 class AuthService:
@@ -151,12 +188,13 @@ class AuthService:
         clock: Callable[[], float] = time.time,
         cache_ttl: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        cache_signal: Path | None = None,
     ) -> None:
         self._sessions = sessions
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self._clock = clock
-        self.cache = IdentityCache(cache_ttl, monotonic=monotonic)
+        self.cache = IdentityCache(cache_ttl, monotonic=monotonic, signal=cache_signal)
 
     def _now(self) -> int:
         return int(self._clock())

@@ -6,7 +6,6 @@ import os
 import sqlite3
 import stat
 import subprocess
-import time
 
 import pytest
 import requests
@@ -70,12 +69,8 @@ def test_cli_token_and_policy_verbs(served, tmp_path):
     assert denied.returncode == 1 and denied.stderr.startswith("csm: error:") and len(denied.stderr.splitlines()) == 1
     assert run(["token", "renew", body["accessor"]], env).returncode == 0
     assert run(["token", "revoke", body["accessor"]], env).returncode == 0
-    # the worker that revoked it refuses it at once; the other one once its cache entry
-    # expires (auth_cache_ttl, 1 s; README "Token cache")
-    deadline = time.monotonic() + 4
-    while (refused := run(["policy", "list"], env_child)).returncode != 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert refused.returncode == 1, refused.stdout
+    for _ in range(3):  # every worker refuses it at once (README "Token cache")
+        assert run(["policy", "list"], env_child).returncode == 1
     assert run(["token", "lookup", "nope"], env).returncode == 1
     st = run(["status", "--json"], env)
     assert st.returncode == 0 and json.loads(st.stdout)["status"] == "ready"

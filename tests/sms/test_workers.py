@@ -72,3 +72,22 @@ def test_two_workers_serve_concurrent_writes_reads_and_tokens_and_the_audit_chai
     assert verified.returncode == 0 and "OK" in verified.stdout, verified.stderr
     entries = int(verified.stdout.split("OK:")[1].split()[0])
     assert entries >= THREADS * ROUNDS * 3
+
+
+def test_a_revoked_token_is_refused_by_every_worker_at_once(tmp_path):
+    """Each worker caches resolved tokens (here for 60 s); a revoke through one worker signals
+    the others through the data directory, so none of them accepts the token afterwards."""
+    data = tmp_path / "csm-data"
+    with Served(data, workers=2, env={"CSM_AUTH_CACHE_TTL": "60"}) as srv:
+        r = srv.post("/v1/auth/tokens", json={"ttl": 600})
+        assert r.status_code == 201, r.text
+        child, accessor = r.json()["token"], r.json()["accessor"]
+
+        def statuses(n: int) -> Counter[int]:
+            # a new connection per request: the kernel spreads them over both workers
+            return Counter(requests.get(srv.url + "/v1/auth/tokens/self", headers={"X-CSM-Token": child},
+                                        timeout=10).status_code for _ in range(n))
+
+        assert statuses(30) == Counter({200: 30})  # both workers have it cached now
+        assert srv.request("DELETE", f"/v1/auth/tokens/{accessor}").status_code == 204
+        assert statuses(30) == Counter({401: 30})
