@@ -357,7 +357,7 @@ class DrainRefusedBody:
 
         def note(st: str, headers: Any, exc_info: Any = None) -> Any:
             status.append(st)
-            return start_response(st, headers, exc_info) if exc_info is not None else start_response(st, headers)
+            return start_response(st, headers, exc_info)
 
         out = self.wsgi_app(environ, note)
         if status and status[-1][:1] in "45":
