@@ -45,7 +45,7 @@ def _run_main(settings: Settings) -> None:
     kwargs: dict[str, Any] = dict(
         target="sms.wsgi:app", address=settings.host, port=settings.port, interface=Interfaces.WSGI,
         workers=settings.effective_workers, blocking_threads=settings.threads, log_access=False,
-        respawn_failed_workers=True, log_dictconfig=_GRANIAN_LOGGING,
+        respawn_failed_workers=True, log_dictconfig=_granian_logging(),
     )
     if cert is not None:
         kwargs.update(ssl_cert=cert, ssl_key=key)
@@ -65,15 +65,16 @@ class _SizingAdviceFilter:
         return not str(record.msg).startswith(self.PREFIXES)
 
 
-#: granian's own logging configuration (granian.log.LOGGING_CONFIG) with the filter above.
-_GRANIAN_LOGGING: dict[str, Any] = {
-    "filters": {"csm_sizing": {"()": "sms.server._SizingAdviceFilter"}},
-    "handlers": {
-        "console": {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stdout",
-                    "filters": ["csm_sizing"]},
-        "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stdout"},
-    },
-}
+def _granian_logging() -> dict[str, Any]:
+    """granian's own logging configuration (``granian.log.LOGGING_CONFIG``, whose handlers
+    granian's dictConfig replaces wholesale) with the filter above on its console handler."""
+    import copy
+
+    from granian.log import LOGGING_CONFIG
+
+    handlers = copy.deepcopy(LOGGING_CONFIG["handlers"])
+    handlers["console"]["filters"] = ["csm_sizing"]
+    return {"filters": {"csm_sizing": {"()": "sms.server._SizingAdviceFilter"}}, "handlers": handlers}
 
 
 def _run_gunicorn(settings: Settings, cert: Any, key: Any) -> None:
@@ -147,7 +148,7 @@ def _serve_cmp_http(settings: Settings) -> None:
     Granian(target="sms.server:cmp_only_app", factory=True, address=settings.cmp_http_host or settings.host,
             port=settings.cmp_http_port, interface=Interfaces.WSGI, workers=settings.effective_workers,
             blocking_threads=settings.threads, log_access=False, respawn_failed_workers=True,
-            log_dictconfig=_GRANIAN_LOGGING).serve()
+            log_dictconfig=_granian_logging()).serve()
 
 
 def cmp_only_app() -> Callable[..., Any]:
